@@ -1,0 +1,43 @@
+# Every target sets up .venv from nothing when needed.
+# On a machine without a GPU, TORCH_SPEC picks the CPU build of torch (its wheel lies on this
+# project's machines' disk); a GPU machine keeps whatever torch it has or installs the default.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TORCH_SPEC ?= $(if $(HAS_GPU),torch,torch==2.13.0)
+TRITON_SPEC ?= triton==3.6.0
+
+.PHONY: venv demo test test-cpu test-interpreter bench profile lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" "$(TRITON_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[test,scripts,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py
+
+test: test-cpu test-interpreter
+
+test-cpu: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-interpreter: $(STAMP)
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m interpreter
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py --quick
+
+profile: $(STAMP)
+	$(BIN)/python scripts/profile.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

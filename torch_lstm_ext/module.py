@@ -1,0 +1,302 @@
+"""`LSTM` and `LSTMCell`: drop-in replacements for torch.nn.LSTM / torch.nn.LSTMCell.
+
+Plain nn.Modules (not RNNBase subclasses, which Dynamo refuses to trace) with nn.LSTM's
+constructor, validation, parameter names, order and initialisation, and forward contract.
+Weights are read by name on every call, so in-place edits, reassigned Parameters and
+torch.func.functional_call take effect at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from torch_lstm_ext import functional
+from torch_lstm_ext.autograd import lstm_layer
+from torch_lstm_ext.validation import check_lstm_config, check_lstm_forward_args
+
+
+class LSTM(nn.Module):
+    """Multi-layer LSTM with torch.nn.LSTM's constructor, parameters and forward.
+
+    forward(input, hx=None) -> (output, (h_n, c_n)), input [T, B, I] ([B, T, I] with
+    batch_first), unbatched [T, I], or a PackedSequence; hx = (h0 [L*D, B, P], c0 [L*D, B, H]).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        check_lstm_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
+        self._set_config(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size)
+        factory = {"device": device, "dtype": dtype}
+        directions = 2 if bidirectional else 1
+        for index, names in enumerate(self._all_weights):
+            layer = index // directions
+            for name in names:
+                setattr(self, name, nn.Parameter(torch.empty(self._param_shape(name, layer), **factory)))
+        self.reset_parameters()
+
+    def _set_config(self, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                    bidirectional, proj_size) -> None:
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        self._all_weights = _parameter_names(num_layers, bidirectional, bias, proj_size)
+        self._flat_weights_names = [name for names in self._all_weights for name in names]
+
+    def _param_shape(self, name: str, layer: int) -> tuple[int, ...]:
+        gates = 4 * self.hidden_size
+        out = self.proj_size or self.hidden_size
+        directions = 2 if self.bidirectional else 1
+        if name.startswith("weight_ih"):
+            return (gates, self.input_size if layer == 0 else out * directions)
+        if name.startswith("weight_hh"):
+            return (gates, out)
+        if name.startswith("weight_hr"):
+            return (self.proj_size, self.hidden_size)
+        return (gates,)
+
+    @classmethod
+    def from_torch(cls, lstm: nn.LSTM) -> LSTM:
+        """An LSTM sharing `lstm`'s Parameter objects, config and train/eval mode.
+
+        Consumes no random numbers and copies no data: optimizers built on `lstm`'s
+        parameters keep working, and state_dict keys are unchanged.
+        """
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module._set_config(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias,
+                           lstm.batch_first, lstm.dropout, lstm.bidirectional, lstm.proj_size)
+        for name in module._flat_weights_names:
+            setattr(module, name, getattr(lstm, name))
+        module.train(lstm.training)
+        return module
+
+    def reset_parameters(self) -> None:
+        """nn.LSTM's init: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in registration order."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def flatten_parameters(self) -> None:
+        """No-op, kept for nn.LSTM compatibility (there is no cuDNN weight buffer to pack)."""
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.proj_size != 0:
+            s += ", proj_size={proj_size}"
+        if self.num_layers != 1:
+            s += ", num_layers={num_layers}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if self.batch_first is not False:
+            s += ", batch_first={batch_first}"
+        if self.dropout != 0:
+            s += ", dropout={dropout}"
+        if self.bidirectional is not False:
+            s += ", bidirectional={bidirectional}"
+        return s.format(**self.__dict__)
+
+    def _layer_weights(self) -> list[functional.LayerWeights]:
+        def get(name: str) -> Tensor:
+            return getattr(self, name)
+
+        result = []
+        for names in self._all_weights:
+            suffix = names[0][len("weight_ih") :]
+            result.append(functional.LayerWeights(
+                get("weight_ih" + suffix),
+                get("weight_hh" + suffix),
+                get("bias_ih" + suffix) if self.bias else None,
+                get("bias_hh" + suffix) if self.bias else None,
+                get("weight_hr" + suffix) if self.proj_size else None,
+            ))
+        return result
+
+    def forward(self, input, hx=None):
+        directions = 2 if self.bidirectional else 1
+        out_size = self.proj_size or self.hidden_size
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            batch = int(batch_sizes[0])
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            data, batch_sizes, sorted_indices, unsorted_indices = input, None, None, None
+            is_batched = input.dim() == 3
+            if not is_batched:
+                data = data.unsqueeze(0 if self.batch_first else 1)
+            if self.batch_first:
+                data = data.transpose(0, 1)
+            batch = data.size(1)
+
+        if hx is None:
+            shape = (self.num_layers * directions, batch)
+            h0 = torch.zeros(*shape, out_size, dtype=data.dtype, device=data.device)
+            c0 = torch.zeros(*shape, self.hidden_size, dtype=data.dtype, device=data.device)
+        else:
+            if not packed:
+                expected = 3 if is_batched else 2
+                if hx[0].dim() != expected or hx[1].dim() != expected:
+                    kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                    raise RuntimeError(
+                        f"For {kind} input, hx and cx should also be {expected}-D but got "
+                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                    )
+            h0, c0 = hx
+            if not packed and not is_batched:
+                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+        check_lstm_forward_args(self, data, h0, c0, batch, packed)
+        if sorted_indices is not None:
+            h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
+
+        output, h_n, c_n = functional.lstm(
+            data, h0, c0, self._layer_weights(), self.num_layers, self.dropout, self.training,
+            self.bidirectional, batch_sizes,
+        )
+
+        if unsorted_indices is not None:
+            h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+        if packed:
+            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not is_batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return output, (h_n, c_n)
+
+
+def _parameter_names(num_layers: int, bidirectional: bool, bias: bool, proj_size: int) -> list[list[str]]:
+    """nn.LSTM's parameter names per (layer, direction), in its registration order."""
+    names = []
+    for layer in range(num_layers):
+        for suffix in ("", "_reverse")[: 2 if bidirectional else 1]:
+            kinds = ["weight_ih", "weight_hh"]
+            if bias:
+                kinds += ["bias_ih", "bias_hh"]
+            if proj_size > 0:
+                kinds.append("weight_hr")
+            names.append([f"{kind}_l{layer}{suffix}" for kind in kinds])
+    return names
+
+
+class LSTMCell(nn.Module):
+    """torch.nn.LSTMCell's contract: forward(input [B, I] or [I], hx=(h [B, H], c [B, H])) -> (h', c')."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.weight_ih = nn.Parameter(torch.empty((4 * hidden_size, input_size), **factory))
+        self.weight_hh = nn.Parameter(torch.empty((4 * hidden_size, hidden_size), **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    @classmethod
+    def from_torch(cls, cell: nn.LSTMCell) -> LSTMCell:
+        """An LSTMCell sharing `cell`'s Parameter objects (no copies, no random numbers)."""
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module.input_size, module.hidden_size, module.bias = cell.input_size, cell.hidden_size, cell.bias
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            value = getattr(cell, name)
+            if value is None:
+                module.register_parameter(name, None)
+            else:
+                setattr(module, name, value)
+        module.train(cell.training)
+        return module
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        return s.format(**self.__dict__)
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(
+                        f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead"
+                    )
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            h, c = zeros, zeros
+        else:
+            h, c = hx
+            if not is_batched:
+                h, c = h.unsqueeze(0), c.unsqueeze(0)
+        _check_cell_args(self, input, h, c)
+        bias = None if self.bias_ih is None else self.bias_ih + self.bias_hh
+        gates_x = F.linear(input, self.weight_ih, bias).unsqueeze(0)
+        _, h_new, c_new = lstm_layer(gates_x, self.weight_hh, None, h, c)
+        if not is_batched:
+            return h_new.squeeze(0), c_new.squeeze(0)
+        return h_new, c_new
+
+
+def _check_cell_args(cell: LSTMCell, input: Tensor, h: Tensor, c: Tensor) -> None:
+    """The checks nn.LSTMCell's kernel makes, with its exception type (RuntimeError)."""
+    if input.size(1) != cell.input_size:
+        raise RuntimeError(
+            f"input has inconsistent input_size: got {input.size(1)} expected {cell.input_size}"
+        )
+    for idx, state in enumerate((h, c)):
+        if state.size(0) != input.size(0):
+            raise RuntimeError(
+                f"Input batch size {input.size(0)} doesn't match hidden{idx} batch size {state.size(0)}"
+            )
+        if state.size(1) != cell.hidden_size:
+            raise RuntimeError(
+                f"hidden{idx} has inconsistent hidden_size: got {state.size(1)}, expected {cell.hidden_size}"
+            )
+    for t in (input, h, c):
+        if t.dtype != cell.weight_ih.dtype:
+            raise RuntimeError(
+                f"expected scalar type {cell.weight_ih.dtype} but found {t.dtype}"
+            )

@@ -1,0 +1,85 @@
+"""Argument checks of LSTM, with torch.nn.LSTM's exception types and messages."""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import torch
+from torch import Tensor
+
+
+def check_lstm_config(
+    input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size
+) -> None:
+    """The constructor checks of nn.LSTM (TypeError for wrong types, ValueError for values)."""
+    if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+        raise ValueError(
+            "dropout should be a number in range [0, 1] representing the probability of an "
+            "element being zeroed"
+        )
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(
+            "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+            f"expects num_layers greater than 1, but got dropout={dropout} and "
+            f"num_layers={num_layers}",
+            stacklevel=3,
+        )
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+    if not isinstance(batch_first, bool):
+        raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
+    if not isinstance(input_size, int):
+        raise TypeError(f"input_size should be of type int, got: {type(input_size).__name__}")
+    if input_size <= 0:
+        raise ValueError("input_size must be greater than zero")
+    if not isinstance(hidden_size, int):
+        raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
+    if hidden_size <= 0:
+        raise ValueError("hidden_size must be greater than zero")
+    if num_layers <= 0:
+        raise ValueError("num_layers must be greater than zero")
+    if proj_size < 0:
+        raise ValueError("proj_size should be a positive integer or zero to disable projections")
+    if proj_size >= hidden_size:
+        raise ValueError("proj_size has to be smaller than hidden_size")
+
+
+def check_lstm_forward_args(
+    lstm, data: Tensor, h0: Tensor, c0: Tensor, batch: int, packed: bool
+) -> None:
+    """nn.LSTM's forward checks on the time-major input and 3-D states.
+
+    data: [T, B, I] or packed [N, I]; h0 [L*D, B, P]; c0 [L*D, B, H].
+    """
+    weight_dtype = lstm.weight_ih_l0.dtype
+    if data.dtype != weight_dtype and not torch.is_autocast_enabled(data.device.type):
+        raise ValueError(
+            f"RNN input dtype ({data.dtype}) does not match weight dtype ({weight_dtype}). "
+            f"Convert input: input.to({weight_dtype}), or convert model: model.to({data.dtype})"
+        )
+    expected_dim = 2 if packed else 3
+    if data.dim() != expected_dim:
+        raise RuntimeError(f"input must have {expected_dim} dimensions, got {data.dim()}")
+    if data.size(-1) != lstm.input_size:
+        raise RuntimeError(
+            f"input.size(-1) must be equal to input_size. Expected {lstm.input_size}, "
+            f"got {data.size(-1)}"
+        )
+    layers = lstm.num_layers * (2 if lstm.bidirectional else 1)
+    expected_h = (layers, batch, lstm.proj_size or lstm.hidden_size)
+    expected_c = (layers, batch, lstm.hidden_size)
+    if tuple(h0.shape) != expected_h:
+        raise RuntimeError(f"Expected hidden[0] size {expected_h}, got {list(h0.shape)}")
+    if tuple(c0.shape) != expected_c:
+        raise RuntimeError(f"Expected hidden[1] size {expected_c}, got {list(c0.shape)}")
+    for name, state in (("hx", h0), ("cx", c0)):
+        if state.dtype != data.dtype:
+            raise RuntimeError(
+                f"Expected {name} to have the same dtype as input ({data.dtype}), got {state.dtype}"
+            )
+        if state.device != data.device:
+            raise RuntimeError(
+                f"Expected {name} to be on the same device as input ({data.device}), "
+                f"got {state.device}"
+            )
