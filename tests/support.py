@@ -1,0 +1,64 @@
+"""Shared test helpers: tolerances (the one place they live) and nn.LSTM twins."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+import torch_lstm_ext
+
+# Parity tolerances per dtype: (rtol, atol). float16/bfloat16 are computed in float32 by us and
+# in the storage dtype by nn.LSTM, so they only agree to a few storage ulps.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+    torch.bfloat16: (3e-2, 3e-2),
+    torch.float16: (5e-3, 5e-3),
+}
+
+
+def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype | None = None, msg: str = "") -> None:
+    """torch.testing.assert_close at the project's tolerance for `dtype` (default: expected's)."""
+    rtol, atol = TOLERANCES[dtype or expected.dtype]
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{msg}: {m}")
+
+
+def twin_lstms(dtype: torch.dtype = torch.float64, **config) -> tuple[nn.LSTM, torch_lstm_ext.LSTM]:
+    """An nn.LSTM and our LSTM with identical config and weights (state_dict copied)."""
+    ref = nn.LSTM(**config, dtype=dtype)
+    ours = torch_lstm_ext.LSTM(**config, dtype=dtype)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def outputs_and_grads(module: nn.Module, input, hx=None, seed: int = 0):
+    """Run `module`, backprop a fixed random weighting of (output, h_n, c_n).
+
+    Returns (output tensor, h_n, c_n, {name: grad}) with grads of every parameter and of the
+    input / h0 / c0 tensors that require grad. The weighting is drawn from its own generator so
+    every output element matters and the global RNG is untouched.
+    """
+    output, (h_n, c_n) = module(input) if hx is None else module(input, hx)
+    out = output.data if isinstance(output, nn.utils.rnn.PackedSequence) else output
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in (out, h_n, c_n))
+    leaves = {f"param.{name}": p for name, p in module.named_parameters()}
+    data = input.data if isinstance(input, nn.utils.rnn.PackedSequence) else input
+    if data.requires_grad:
+        leaves["input"] = data
+    if hx is not None:
+        for name, t in zip(("h0", "c0"), hx):
+            if t.requires_grad:
+                leaves[name] = t
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    return out, h_n, c_n, dict(zip(leaves, grads))
+
+
+def assert_same_results(ref_results, our_results, dtype: torch.dtype) -> None:
+    """Compare two outputs_and_grads results at the dtype's tolerance."""
+    for name, a, b in zip(("output", "h_n", "c_n"), our_results[:3], ref_results[:3]):
+        assert a.shape == b.shape, f"{name}: shape {a.shape} != {b.shape}"
+        assert_close(a, b, dtype, name)
+    assert our_results[3].keys() == ref_results[3].keys()
+    for name in ref_results[3]:
+        assert_close(our_results[3][name], ref_results[3][name], dtype, f"grad {name}")
