@@ -1,0 +1,135 @@
+"""Bad input: the same exception type as nn.LSTM, a clear message, nothing changed afterwards."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_sequence
+
+import torch_lstm_ext
+
+BAD_CONFIGS = {
+    "hidden_size=0": dict(input_size=3, hidden_size=0),
+    "input_size=-1": dict(input_size=-1, hidden_size=4),
+    "num_layers=0": dict(input_size=3, hidden_size=4, num_layers=0),
+    "dropout=1.5": dict(input_size=3, hidden_size=4, dropout=1.5),
+    "dropout=-0.1": dict(input_size=3, hidden_size=4, dropout=-0.1),
+    "dropout=True": dict(input_size=3, hidden_size=4, dropout=True),
+    "dropout='0.1'": dict(input_size=3, hidden_size=4, dropout="0.1"),
+    "proj_size=hidden": dict(input_size=3, hidden_size=4, proj_size=4),
+    "proj_size=-1": dict(input_size=3, hidden_size=4, proj_size=-1),
+    "input_size=3.0": dict(input_size=3.0, hidden_size=4),
+    "hidden_size='4'": dict(input_size=3, hidden_size="4"),
+    "bias=1": dict(input_size=3, hidden_size=4, bias=1),
+    "batch_first=None": dict(input_size=3, hidden_size=4, batch_first=None),
+}
+
+
+def _raised(fn) -> BaseException:
+    with pytest.raises(Exception) as info:
+        fn()
+    return info.value
+
+
+@pytest.mark.parametrize("kwargs", BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
+def test_bad_constructor_arguments(kwargs):
+    expected = _raised(lambda: nn.LSTM(**kwargs))
+    actual = _raised(lambda: torch_lstm_ext.LSTM(**kwargs))
+    assert type(actual) is type(expected)
+    assert str(actual) == str(expected)
+
+
+def _bad_calls():
+    """name -> (module config, builder of (input, hx) for the call)."""
+    f64 = dict(dtype=torch.float64)
+    return {
+        "wrong feature size": (dict(), lambda: (torch.randn(4, 2, 5, **f64), None)),
+        "1-D input": (dict(), lambda: (torch.randn(3, **f64), None)),
+        "4-D input": (dict(), lambda: (torch.randn(2, 2, 2, 3, **f64), None)),
+        "dtype mismatch": (dict(), lambda: (torch.randn(4, 2, 3, dtype=torch.float32), None)),
+        "h0 wrong batch": (dict(), lambda: (torch.randn(4, 2, 3, **f64), (torch.randn(1, 3, 4, **f64), torch.randn(1, 2, 4, **f64)))),
+        "c0 wrong size": (dict(), lambda: (torch.randn(4, 2, 3, **f64), (torch.randn(1, 2, 4, **f64), torch.randn(1, 2, 5, **f64)))),
+        "h0 wrong layers": (dict(num_layers=2), lambda: (torch.randn(4, 2, 3, **f64), (torch.randn(1, 2, 4, **f64), torch.randn(2, 2, 4, **f64)))),
+        "proj h0 of hidden size": (dict(proj_size=2), lambda: (torch.randn(4, 2, 3, **f64), (torch.randn(1, 2, 4, **f64), torch.randn(1, 2, 4, **f64)))),
+        "2-D h0 for batched input": (dict(), lambda: (torch.randn(4, 2, 3, **f64), (torch.randn(2, 4, **f64), torch.randn(2, 4, **f64)))),
+        "3-D h0 for unbatched input": (dict(), lambda: (torch.randn(4, 3, **f64), (torch.randn(1, 1, 4, **f64), torch.randn(1, 1, 4, **f64)))),
+        "h0 without c0": (dict(), lambda: (torch.randn(4, 2, 3, **f64), (torch.randn(1, 2, 4, **f64),))),
+        "hx a single tensor": (dict(), lambda: (torch.randn(4, 2, 3, **f64), torch.randn(1, 2, 4, **f64))),
+        "h0 dtype mismatch": (dict(), lambda: (torch.randn(4, 2, 3, **f64), (torch.randn(1, 2, 4), torch.randn(1, 2, 4, **f64)))),
+        "input is a list": (dict(), lambda: ([[1.0, 2.0, 3.0]], None)),
+        "packed wrong feature size": (dict(), lambda: (pack_sequence([torch.randn(3, 5, **f64), torch.randn(2, 5, **f64)]), None)),
+        "packed wrong h0 batch": (dict(), lambda: (pack_sequence([torch.randn(3, 3, **f64), torch.randn(2, 3, **f64)]), (torch.randn(1, 3, 4, **f64), torch.randn(1, 3, 4, **f64)))),
+    }
+
+
+@pytest.mark.parametrize("name", list(_bad_calls()))
+def test_bad_forward_input_raises_like_nn_lstm_and_changes_nothing(name):
+    config, build = _bad_calls()[name]
+    ref = nn.LSTM(3, 4, dtype=torch.float64, **config)
+    ours = torch_lstm_ext.LSTM(3, 4, dtype=torch.float64, **config)
+    ours.load_state_dict(ref.state_dict())
+    before = copy.deepcopy(ours.state_dict())
+    input, hx = build()
+    snapshot = copy.deepcopy((input, hx))
+    expected = _raised(lambda: ref(input, hx))
+    actual = _raised(lambda: ours(input, hx))
+    assert type(actual) is type(expected), f"{type(actual).__name__}: {actual} vs nn.LSTM's {type(expected).__name__}: {expected}"
+    assert str(actual), "the message must say what is wrong"
+    for key, value in ours.state_dict().items():
+        assert torch.equal(value, before[key])
+    assert _same_structure(snapshot, (input, hx))
+
+
+def _same_structure(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, torch.nn.utils.rnn.PackedSequence):
+        return torch.equal(a.data, b.data) and torch.equal(a.batch_sizes, b.batch_sizes)
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same_structure(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_messages_name_the_problem():
+    lstm = torch_lstm_ext.LSTM(3, 4)
+    with pytest.raises(RuntimeError, match="input_size. Expected 3, got 5"):
+        lstm(torch.randn(4, 2, 5))
+    with pytest.raises(RuntimeError, match=r"Expected hidden\[0\] size \(1, 2, 4\), got \[1, 3, 4\]"):
+        lstm(torch.randn(4, 2, 3), (torch.randn(1, 3, 4), torch.randn(1, 2, 4)))
+    with pytest.raises(ValueError, match="Expected input to be 2D or 3D, got 4D"):
+        lstm(torch.randn(1, 4, 2, 3))
+
+
+CELL_BAD = {
+    "3-D input": lambda: (torch.randn(2, 2, 3), None),
+    "wrong feature size": lambda: (torch.randn(2, 5), None),
+    "h wrong batch": lambda: (torch.randn(2, 3), (torch.randn(3, 4), torch.randn(2, 4))),
+    "c wrong hidden": lambda: (torch.randn(2, 3), (torch.randn(2, 4), torch.randn(2, 5))),
+    "3-D hx": lambda: (torch.randn(2, 3), (torch.randn(1, 2, 4), torch.randn(1, 2, 4))),
+}
+
+
+@pytest.mark.parametrize("name", list(CELL_BAD))
+def test_cell_bad_input_raises_like_nn_lstmcell(name):
+    ref = nn.LSTMCell(3, 4)
+    ours = torch_lstm_ext.LSTMCell(3, 4)
+    input, hx = CELL_BAD[name]()
+    expected = _raised(lambda: ref(input, hx))
+    actual = _raised(lambda: ours(input, hx))
+    assert type(actual) is type(expected), f"{actual!r} vs {expected!r}"
+
+
+def test_backend_env_var_is_validated(monkeypatch):
+    monkeypatch.setenv("TORCH_LSTM_EXT_BACKEND", "cudnn")
+    with pytest.raises(ValueError, match="TORCH_LSTM_EXT_BACKEND"):
+        torch_lstm_ext.LSTM(3, 4)(torch.randn(2, 1, 3))
+
+
+def test_triton_backend_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.setenv("TORCH_LSTM_EXT_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        torch_lstm_ext.LSTM(3, 4)(torch.randn(2, 1, 3))
