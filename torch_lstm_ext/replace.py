@@ -31,7 +31,10 @@ def replace_lstm(model: nn.Module, *, cells: bool = False) -> nn.Module:
         return root
     swapped: dict[int, nn.Module] = {}
     for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
+        # _modules, not named_children(): the latter yields a shared child under one name only.
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
             if id(child) not in swapped:
                 replacement = _converted(child, cells)
                 if replacement is None:
