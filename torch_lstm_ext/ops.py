@@ -11,7 +11,13 @@ Shapes (T time, B batch, H hidden, P output size, N = T*B or sum(batch_sizes)):
     c0 [B, H]; batch_sizes int64 [T] on the CPU, or None.
 lstm_fwd returns y [..., P] (storage dtype), h_n [B, P], c_n [B, H], and for the backward the
 activated gates [..., 4H] and the cells [..., H] in the compute dtype (float64 or float32).
-lstm_bwd returns d_gates_x, d_w_hh, d_w_hr (an empty tensor without projection), d_h0, d_c0.
+lstm_bwd returns d_gates_x, d_w_hh, d_w_hr (an empty tensor without projection), d_h0, d_c0,
+and the gradients of the variant parameters d_peephole, d_ln_hh_weight, d_ln_c (empty when off).
+
+Variant inputs (all optional; see variant_reference.py for the equations): peephole [3, H]
+(w_ci, w_cf, w_co), ln_hh_weight [4H], ln_c [2, H] (gain, bias), zoneout_c [..., H] and
+zoneout_h [..., P] (per-row weight of the previous state), cell_clip, and for the backward
+grad_clip. With all of them off the plain kernels run, unchanged.
 """
 
 import numpy as np
@@ -19,6 +25,7 @@ import torch
 from torch import Tensor
 
 from torch_lstm_ext import reference
+from torch_lstm_ext.variant_reference import Variants, lstm_variant_backward, lstm_variant_forward
 from torch_lstm_ext.config import BACKEND_ENV, INTERPRETER_ENV, requested_backend
 from torch_lstm_ext.config import triton_interpreter_enabled
 from torch_lstm_ext.dtypes import compute_dtype
@@ -58,6 +65,27 @@ def _flat(t: Tensor) -> Tensor:
     return t.reshape(-1, t.shape[-1])
 
 
+def _require_plain(variants: tuple) -> None:
+    if any(v is not None for v in variants):
+        raise NotImplementedError(
+            "the LSTM variants (peephole, layer_norm, zoneout, cell_clip, grad_clip) are not "
+            f"implemented in the Triton kernels yet; use {BACKEND_ENV}=numpy (CPU tensors)"
+        )
+
+
+def _numpy_variants(acc: torch.dtype, peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h,
+                    cell_clip, grad_clip=None) -> Variants:
+    return Variants(
+        _as_numpy(peephole, acc),
+        _as_numpy(ln_hh_weight, acc),
+        _as_numpy(ln_c, acc),
+        None if zoneout_c is None else _as_numpy(_flat(zoneout_c), acc),
+        None if zoneout_h is None else _as_numpy(_flat(zoneout_h), acc),
+        cell_clip,
+        grad_clip,
+    )
+
+
 @torch.library.custom_op("torch_lstm_ext::lstm_fwd", mutates_args=())
 def lstm_fwd(
     gates_x: Tensor,
@@ -67,14 +95,22 @@ def lstm_fwd(
     c0: Tensor,
     batch_sizes: Tensor | None,
     reverse: bool,
+    peephole: Tensor | None = None,
+    ln_hh_weight: Tensor | None = None,
+    ln_c: Tensor | None = None,
+    zoneout_c: Tensor | None = None,
+    zoneout_h: Tensor | None = None,
+    cell_clip: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    variants = (peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h, cell_clip)
     if select_backend(gates_x.device) == "triton":
+        _require_plain(variants)
         from torch_lstm_ext import triton_kernels
 
         return triton_kernels.lstm_forward(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse)
 
     acc = compute_dtype(gates_x.dtype)
-    y, h_n, c_n, gates, cells = reference.lstm_forward(
+    args = (
         _as_numpy(_flat(gates_x), acc),
         _as_numpy(w_hh, acc),
         _as_numpy(w_hr, acc),
@@ -83,6 +119,10 @@ def lstm_fwd(
         _batch_sizes_numpy(batch_sizes),
         reverse,
     )
+    if any(v is not None for v in variants):
+        y, h_n, c_n, gates, cells = lstm_variant_forward(*args, _numpy_variants(acc, *variants))
+    else:
+        y, h_n, c_n, gates, cells = reference.lstm_forward(*args)
     lead = gates_x.shape[:-1]
     return (
         _to_torch(y, gates_x, gates_x.dtype).reshape(*lead, y.shape[-1]),
@@ -94,7 +134,7 @@ def lstm_fwd(
 
 
 @lstm_fwd.register_fake
-def _lstm_fwd_fake(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse):
+def _lstm_fwd_fake(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse, *variants):
     acc = compute_dtype(gates_x.dtype)
     lead = gates_x.shape[:-1]
     return (
@@ -120,16 +160,26 @@ def lstm_bwd(
     y: Tensor,
     gates: Tensor,
     cells: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    peephole: Tensor | None = None,
+    ln_hh_weight: Tensor | None = None,
+    ln_c: Tensor | None = None,
+    zoneout_c: Tensor | None = None,
+    zoneout_h: Tensor | None = None,
+    cell_clip: float | None = None,
+    grad_clip: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    variants = (peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h, cell_clip, grad_clip)
     if select_backend(grad_y.device) == "triton":
+        _require_plain(variants)
         from torch_lstm_ext import triton_kernels
 
-        return triton_kernels.lstm_backward(
+        grads = triton_kernels.lstm_backward(
             grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates, cells
         )
+        return (*grads, *(w_hh.new_empty(0) for _ in range(3)))
 
     acc = gates.dtype
-    d_gates, d_w_hh, d_w_hr, d_h0, d_c0 = reference.lstm_backward(
+    args = (
         _as_numpy(_flat(grad_y), acc),
         _as_numpy(grad_hn, acc),
         _as_numpy(grad_cn, acc),
@@ -143,21 +193,38 @@ def lstm_bwd(
         _as_numpy(_flat(gates), acc),
         _as_numpy(_flat(cells), acc),
     )
+    if any(v is not None for v in variants):
+        d_gates, d_w_hh, d_w_hr, d_h0, d_c0, d_variants = lstm_variant_backward(
+            *args, _numpy_variants(acc, *variants)
+        )
+    else:
+        d_gates, d_w_hh, d_w_hr, d_h0, d_c0 = reference.lstm_backward(*args)
+        d_variants = (None, None, None)
     return (
         _to_torch(d_gates, grad_y, grad_y.dtype).reshape(gates.shape),
         _to_torch(d_w_hh, w_hh, w_hh.dtype),
         _to_torch(d_w_hr, w_hh, w_hh.dtype),
         _to_torch(d_h0, h0, h0.dtype),
         _to_torch(d_c0, c0, c0.dtype),
+        _to_torch(d_variants[0], w_hh, w_hh.dtype),
+        _to_torch(d_variants[1], w_hh, w_hh.dtype),
+        _to_torch(d_variants[2], w_hh, w_hh.dtype),
     )
 
 
 @lstm_bwd.register_fake
-def _lstm_bwd_fake(grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates, cells):
+def _lstm_bwd_fake(grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates, cells,
+                   peephole=None, ln_hh_weight=None, ln_c=None, *rest):
+    def like(t: Tensor | None) -> Tensor:
+        return w_hh.new_empty(t.shape if t is not None else (0,))
+
     return (
         grad_y.new_empty(gates.shape),
         w_hh.new_empty(w_hh.shape),
-        w_hh.new_empty(w_hr.shape if w_hr is not None else (0,)),
+        like(w_hr),
         h0.new_empty(h0.shape),
         c0.new_empty(c0.shape),
+        like(peephole),
+        like(ln_hh_weight),
+        like(ln_c),
     )

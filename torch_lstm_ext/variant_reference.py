@@ -1,0 +1,263 @@
+"""NumPy kernels of the recurrence with the variants nn.LSTM lacks (the CPU backend).
+
+Used instead of `reference.py` only when a variant is on, so the plain path keeps its numerics
+and speed. Same layout rules as `reference.py` (time-major rows, packed steps own a prefix of
+the batch, states updated in place for the active rows), same arguments plus `Variants`.
+
+Per step, with c_p / h_p the previous states (shapes per active row: gates 4H, cells H, h P):
+    z      = gates_x + LN_hh(h_p @ W_hh^T) * ln_hh                     (LN only with layer_norm)
+    i, f   = sigma(z_i + w_ci * c_p), sigma(z_f + w_cf * c_p)           (peephole terms optional)
+    g      = tanh(z_g)
+    c~     = clip(f * c_p + i * g, -cell_clip, cell_clip)               (clip optional)
+    o      = sigma(z_o + w_co * c~)
+    h~     = o * tanh(LN_c(c~) * ln_c_gain + ln_c_bias)   [@ W_hr^T with projection]
+    c, h   = m_c * c_p + (1 - m_c) * c~,  m_h * h_p + (1 - m_h) * h~    (zoneout; m = mask or z)
+Backward: the gradient of each step's four gate pre-activations (peephole terms included) is
+clamped to [-grad_clip, grad_clip] before it flows on.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from torch_lstm_ext.schedule import Step, step_schedule
+
+LN_EPS = 1e-5
+
+
+class Variants(NamedTuple):
+    """Variant inputs of the recurrence; None means off.
+
+    peephole [3, H] (w_ci, w_cf, w_co); ln_hh [4H] gain of LN_hh; ln_c [2, H] gain and bias of
+    LN_c; zoneout_c [N, H] / zoneout_h [N, P]: per row, the weight of the previous state
+    (a 0/1 mask in training, the probability in eval); cell_clip, grad_clip: positive floats.
+    """
+
+    peephole: np.ndarray | None = None
+    ln_hh: np.ndarray | None = None
+    ln_c: np.ndarray | None = None
+    zoneout_c: np.ndarray | None = None
+    zoneout_h: np.ndarray | None = None
+    cell_clip: float | None = None
+    grad_clip: float | None = None
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """In place; the tanh form never overflows."""
+    x *= 0.5
+    np.tanh(x, out=x)
+    x *= 0.5
+    x += 0.5
+    return x
+
+
+def _normalize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Layer norm over the last axis without affine: (x_hat, 1/std), biased variance, eps 1e-5."""
+    centered = x - x.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + LN_EPS)
+    return centered * rstd, rstd
+
+
+def _normalize_backward(d_xhat: np.ndarray, xhat: np.ndarray, rstd: np.ndarray) -> np.ndarray:
+    """Gradient through _normalize: d_x from d_x_hat."""
+    return rstd * (
+        d_xhat - d_xhat.mean(axis=-1, keepdims=True) - xhat * (d_xhat * xhat).mean(axis=-1, keepdims=True)
+    )
+
+
+def _previous(history: np.ndarray, initial: np.ndarray, step: Step) -> np.ndarray:
+    """The states the active rows of `step` started from, [n, features] (a fresh array)."""
+    n, m = step.n, (step.prev_n if step.prev_offset >= 0 else 0)
+    out = np.empty((n, history.shape[1]), dtype=history.dtype)
+    k = min(n, m)
+    out[:k] = history[step.prev_offset : step.prev_offset + k]
+    out[k:] = initial[k:n]
+    return out
+
+
+def lstm_variant_forward(
+    gates_x: np.ndarray,
+    w_hh: np.ndarray,
+    w_hr: np.ndarray | None,
+    h0: np.ndarray,
+    c0: np.ndarray,
+    batch_sizes: np.ndarray | None,
+    reverse: bool,
+    v: Variants,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """As reference.lstm_forward: y [N, P], h_n [B, P], c_n [B, H], gates [N, 4H] (activated),
+    cells [N, H] (the carried, zoned-out c_t)."""
+    dtype = gates_x.dtype
+    N, G = gates_x.shape
+    H = G // 4
+    B, P = h0.shape
+    y = np.empty((N, P), dtype=dtype)
+    gates = np.empty((N, G), dtype=dtype)
+    cells = np.empty((N, H), dtype=dtype)
+    h = np.array(h0, dtype=dtype, copy=True)
+    c = np.array(c0, dtype=dtype, copy=True)
+
+    for step in step_schedule(batch_sizes, N, B, reverse):
+        rows, n = slice(step.offset, step.offset + step.n), step.n
+        h_p, c_p = h[:n], c[:n]
+        hh = h_p @ w_hh.T
+        if v.ln_hh is not None:
+            hh = _normalize(hh)[0] * v.ln_hh
+        z = gates[rows]
+        np.add(gates_x[rows], hh, out=z)
+        if v.peephole is not None:
+            z[:, :H] += v.peephole[0] * c_p
+            z[:, H : 2 * H] += v.peephole[1] * c_p
+        _sigmoid(z[:, : 2 * H])
+        np.tanh(z[:, 2 * H : 3 * H], out=z[:, 2 * H : 3 * H])
+        i, f, g, o = z[:, :H], z[:, H : 2 * H], z[:, 2 * H : 3 * H], z[:, 3 * H :]
+        c_cand = f * c_p + i * g
+        if v.cell_clip is not None:
+            np.clip(c_cand, -v.cell_clip, v.cell_clip, out=c_cand)
+        if v.peephole is not None:
+            o += v.peephole[2] * c_cand
+        _sigmoid(o)
+        c_out = c_cand if v.ln_c is None else _normalize(c_cand)[0] * v.ln_c[0] + v.ln_c[1]
+        h_cand = o * np.tanh(c_out)
+        if w_hr is not None:
+            h_cand = h_cand @ w_hr.T
+        if v.zoneout_c is not None:
+            m = v.zoneout_c[rows]
+            c_cand = m * c_p + (1.0 - m) * c_cand
+        if v.zoneout_h is not None:
+            m = v.zoneout_h[rows]
+            h_cand = m * h_p + (1.0 - m) * h_cand
+        cells[rows] = c_cand
+        y[rows] = h_cand
+        c[:n] = c_cand
+        h[:n] = h_cand
+    return y, h, c, gates, cells
+
+
+class VariantGrads(NamedTuple):
+    """Gradients of the variant parameters (None where the variant is off)."""
+
+    peephole: np.ndarray | None
+    ln_hh: np.ndarray | None
+    ln_c: np.ndarray | None
+
+
+def lstm_variant_backward(
+    grad_y: np.ndarray,
+    grad_hn: np.ndarray,
+    grad_cn: np.ndarray,
+    w_hh: np.ndarray,
+    w_hr: np.ndarray | None,
+    h0: np.ndarray,
+    c0: np.ndarray,
+    batch_sizes: np.ndarray | None,
+    reverse: bool,
+    y: np.ndarray,
+    gates: np.ndarray,
+    cells: np.ndarray,
+    v: Variants,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, VariantGrads]:
+    """As reference.lstm_backward, plus the gradients of the variant parameters.
+
+    Everything the forward computed but did not keep (previous states, the candidate cell, the
+    layer-norm statistics) is recomputed here for the whole sequence at once, with the same
+    element-wise operations; only the gradient recurrence runs step by step.
+    """
+    dtype = gates.dtype
+    N, G = gates.shape
+    H = G // 4
+    B, P = h0.shape
+    steps = step_schedule(batch_sizes, N, B, reverse)
+
+    c_prev = np.empty((N, H), dtype=dtype)
+    h_prev = np.empty((N, P), dtype=dtype)
+    for step in steps:
+        rows = slice(step.offset, step.offset + step.n)
+        c_prev[rows] = _previous(cells, c0, step)
+        h_prev[rows] = _previous(y, h0, step)
+    i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
+    c_raw = f * c_prev + i * g
+    c_cand = c_raw if v.cell_clip is None else np.clip(c_raw, -v.cell_clip, v.cell_clip)
+    if v.ln_c is not None:
+        xhat_c, rstd_c = _normalize(c_cand)
+        tanh_out = np.tanh(xhat_c * v.ln_c[0] + v.ln_c[1])
+    else:
+        tanh_out = np.tanh(c_cand)
+    if v.ln_hh is not None:
+        xhat_hh, rstd_hh = _normalize(h_prev @ w_hh.T)
+
+    d_gates = np.empty((N, G), dtype=dtype)
+    d_hh = np.empty((N, G), dtype=dtype) if v.ln_hh is not None else d_gates
+    d_h_cand_all = np.empty((N, P), dtype=dtype) if w_hr is not None else None
+    d_peephole = np.zeros((3, H), dtype=dtype) if v.peephole is not None else None
+    d_ln_hh = np.zeros(G, dtype=dtype) if v.ln_hh is not None else None
+    d_ln_c = np.zeros((2, H), dtype=dtype) if v.ln_c is not None else None
+    dh = np.array(grad_hn, dtype=dtype, copy=True)
+    dc = np.array(grad_cn, dtype=dtype, copy=True)
+
+    def clamp(x: np.ndarray) -> np.ndarray:
+        if v.grad_clip is not None:
+            np.clip(x, -v.grad_clip, v.grad_clip, out=x)
+        return x
+
+    for step in reversed(steps):
+        rows, n = slice(step.offset, step.offset + step.n), step.n
+        dh_out = dh[:n] + grad_y[rows]
+        dc_out = dc[:n]
+        if v.zoneout_h is not None:
+            m = v.zoneout_h[rows]
+            dh_prev_direct, dh_cand = dh_out * m, dh_out * (1.0 - m)
+        else:
+            dh_prev_direct, dh_cand = None, dh_out
+        if v.zoneout_c is not None:
+            m = v.zoneout_c[rows]
+            dc_prev_direct, dc_cand = dc_out * m, dc_out * (1.0 - m)
+        else:
+            dc_prev_direct, dc_cand = None, dc_out.copy()
+        if w_hr is not None:
+            d_h_cand_all[rows] = dh_cand
+            dh_cand = dh_cand @ w_hr
+
+        o_r, t_r = o[rows], tanh_out[rows]
+        dpo = clamp(dh_cand * t_r * o_r * (1.0 - o_r))
+        d_out = dh_cand * o_r * (1.0 - t_r * t_r)
+        if v.ln_c is not None:
+            d_ln_c[0] += (d_out * xhat_c[rows]).sum(axis=0)
+            d_ln_c[1] += d_out.sum(axis=0)
+            dc_cand += _normalize_backward(d_out * v.ln_c[0], xhat_c[rows], rstd_c[rows])
+        else:
+            dc_cand += d_out
+        if v.peephole is not None:
+            dc_cand += dpo * v.peephole[2]
+            d_peephole[2] += (dpo * c_cand[rows]).sum(axis=0)
+        if v.cell_clip is not None:
+            dc_cand *= np.abs(c_raw[rows]) <= v.cell_clip
+
+        i_r, f_r, g_r, cp_r = i[rows], f[rows], g[rows], c_prev[rows]
+        dpi = clamp(dc_cand * g_r * i_r * (1.0 - i_r))
+        dpf = clamp(dc_cand * cp_r * f_r * (1.0 - f_r))
+        dpg = clamp(dc_cand * i_r * (1.0 - g_r * g_r))
+        dc_p = dc_cand * f_r
+        if v.peephole is not None:
+            dc_p += dpi * v.peephole[0] + dpf * v.peephole[1]
+            d_peephole[0] += (dpi * cp_r).sum(axis=0)
+            d_peephole[1] += (dpf * cp_r).sum(axis=0)
+        if dc_prev_direct is not None:
+            dc_p += dc_prev_direct
+
+        d_pre = d_gates[rows]
+        d_pre[:, :H], d_pre[:, H : 2 * H], d_pre[:, 2 * H : 3 * H], d_pre[:, 3 * H :] = dpi, dpf, dpg, dpo
+        if v.ln_hh is not None:
+            d_ln_hh += (d_pre * xhat_hh[rows]).sum(axis=0)
+            d_hh[rows] = _normalize_backward(d_pre * v.ln_hh, xhat_hh[rows], rstd_hh[rows])
+        dh_p = d_hh[rows] @ w_hh
+        if dh_prev_direct is not None:
+            dh_p += dh_prev_direct
+        dh[:n] = dh_p
+        dc[:n] = dc_p
+
+    d_w_hh = d_hh.T @ h_prev
+    d_w_hr = None if w_hr is None else d_h_cand_all.T @ (o * tanh_out)
+    return d_gates, d_w_hh, d_w_hr, dh, dc, VariantGrads(d_peephole, d_ln_hh, d_ln_c)
