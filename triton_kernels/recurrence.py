@@ -1,0 +1,158 @@
+"""lstm_forward / lstm_backward: the Triton backend of the lstm_fwd / lstm_bwd ops.
+
+Same arguments, shapes, dtypes and semantics as the NumPy path (ops.py, reference.py). This
+module picks the kernel (dispatch.py), moves packed input to and from the persistent kernels'
+padded layout, and does the whole-sequence work in torch: the final-state gathers and the weight
+gradients, each ONE GEMM over all rows. float64 goes to float64.py (the NumPy reference via
+host memory), since the kernels compute in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch_lstm_ext.triton_kernels.dispatch import Kernel, choose_kernel
+from torch_lstm_ext.triton_kernels.float64 import float64_backward, float64_forward
+from torch_lstm_ext.triton_kernels.layout import Layout, index_tensor
+from torch_lstm_ext.triton_kernels.persistent_backward import persistent_backward
+from torch_lstm_ext.triton_kernels.persistent_forward import persistent_forward
+from torch_lstm_ext.triton_kernels.step_backward import step_backward
+from torch_lstm_ext.triton_kernels.step_forward import step_forward
+
+
+def _flat(t: Tensor) -> Tensor:
+    return t.reshape(-1, t.shape[-1]).contiguous()
+
+
+def _optional(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+def _to_padded(packed: Tensor, padded_rows: Tensor | None, num_padded: int) -> Tensor:
+    """Packed rows [N, F] scattered into a zero-filled padded [num_padded, F] (None: already padded)."""
+    if padded_rows is None:
+        return packed
+    padded = packed.new_zeros((num_padded, packed.shape[1]))
+    return padded.index_copy_(0, padded_rows, packed)
+
+
+def _from_padded(padded: Tensor, padded_rows: Tensor | None) -> Tensor:
+    return padded if padded_rows is None else padded.index_select(0, padded_rows)
+
+
+def _final_rows(rows: Tensor, initial: Tensor, active_rows: Tensor) -> Tensor:
+    """[B, F]: rows[active_rows] for the first len(active_rows) sequences, `initial` for the rest."""
+    out = initial.clone()
+    out[: len(active_rows)] = rows.index_select(0, active_rows).to(out.dtype)
+    return out
+
+
+def _padding(layout: Layout, batch_sizes: Tensor | None, device: torch.device):
+    """(lengths int32 [B], packed -> padded row index or None when the input is already padded)."""
+    lengths = torch.from_numpy(layout.lengths()).to(device=device, dtype=torch.int32)
+    rows = None if batch_sizes is None else index_tensor(layout.padded_rows(), device)
+    return lengths, rows
+
+
+def lstm_forward(
+    gates_x: Tensor,
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    batch_sizes: Tensor | None,
+    reverse: bool,
+    *,
+    kernel: Kernel | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The recurrence: y [..., P] (gates_x's dtype), h_n [B, P], c_n [B, H], gates [..., 4H] and
+    cells [..., H] (float32), for gates_x [T, B, 4H] or packed [N, 4H]; see ops.py.
+
+    kernel: force 'step' or 'persistent' (tests, benchmarks); None applies dispatch.py's rule.
+    """
+    if gates_x.dtype == torch.float64:
+        return float64_forward(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse)
+    flat = _flat(gates_x)
+    w_hh, w_hr, h0, c0 = w_hh.contiguous(), _optional(w_hr), h0.contiguous(), c0.contiguous()
+    B, P = h0.shape
+    H = c0.shape[1]
+    layout = Layout.of(batch_sizes, flat.shape[0], B, reverse)
+    kernel = kernel or choose_kernel(H, P, w_hr is not None, gates_x.dtype)
+    if kernel == "persistent":
+        lengths, padded_rows = _padding(layout, batch_sizes, flat.device)
+        num_padded = len(layout.sizes) * B
+        y, h_n, c_n, gates, cells = persistent_forward(
+            _to_padded(flat, padded_rows, num_padded), w_hh, w_hr, h0, c0, lengths, reverse
+        )
+        y, gates, cells = (_from_padded(t, padded_rows) for t in (y, gates, cells))
+    else:
+        y, gates, cells = step_forward(flat, w_hh, w_hr, h0, c0, layout)
+        last = index_tensor(layout.end_rows(last=True), flat.device)
+        h_n = _final_rows(y, h0, last)
+        c_n = _final_rows(cells, c0, last)
+    lead = gates_x.shape[:-1]
+    return y.reshape(*lead, P), h_n, c_n, gates.reshape(gates_x.shape), cells.reshape(*lead, H)
+
+
+def lstm_backward(
+    grad_y: Tensor,
+    grad_hn: Tensor,
+    grad_cn: Tensor,
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    batch_sizes: Tensor | None,
+    reverse: bool,
+    y: Tensor,
+    gates: Tensor,
+    cells: Tensor,
+    *,
+    kernel: Kernel | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of lstm_forward: d_gates_x [..., 4H] (grad_y's dtype), d_w_hh [4H, P], d_w_hr
+    [P, H] (an empty tensor without projection; both w_hh's dtype), d_h0 [B, P], d_c0 [B, H].
+
+    kernel: as for lstm_forward (the backward may use either kernel, whichever the forward used).
+    """
+    if gates.dtype == torch.float64:
+        return float64_backward(grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse,
+                                y, gates, cells)
+    flat_grad_y, flat_y, flat_gates, flat_cells = (_flat(t) for t in (grad_y, y, gates, cells))
+    w_hh, w_hr, h0, c0 = w_hh.contiguous(), _optional(w_hr), h0.contiguous(), c0.contiguous()
+    grad_hn = grad_hn.to(h0.dtype).contiguous()
+    grad_cn = grad_cn.to(c0.dtype).contiguous()
+    B, P = h0.shape
+    H = c0.shape[1]
+    device = flat_y.device
+    layout = Layout.of(batch_sizes, flat_y.shape[0], B, reverse)
+    kernel = kernel or choose_kernel(H, P, w_hr is not None, grad_y.dtype)
+    if kernel == "persistent":
+        lengths, padded_rows = _padding(layout, batch_sizes, device)
+        num_padded = len(layout.sizes) * B
+        d_gates, d_out, d_h0, d_c0 = persistent_backward(
+            _to_padded(flat_grad_y, padded_rows, num_padded), grad_hn, grad_cn, w_hh, w_hr, c0,
+            _to_padded(flat_gates, padded_rows, num_padded),
+            _to_padded(flat_cells, padded_rows, num_padded), lengths, reverse,
+        )
+        d_gates = _from_padded(d_gates, padded_rows)
+        d_out = None if d_out is None else _from_padded(d_out, padded_rows)
+    else:
+        d_gates, d_out, dc = step_backward(
+            flat_grad_y, grad_hn, grad_cn, w_hh, w_hr, c0, flat_gates, flat_cells, layout
+        )
+        first = index_tensor(layout.end_rows(last=False), device)
+        d_h0 = grad_hn.to(torch.float32, copy=True)
+        d_h0[: len(first)] = d_gates.index_select(0, first).float() @ w_hh.float()
+        d_h0, d_c0 = d_h0.to(h0.dtype), dc.to(c0.dtype)
+
+    # The weight gradients: one fp32 GEMM each over all rows of the sequence.
+    acc = torch.float32
+    h_prev = torch.cat((flat_y, h0)).index_select(0, index_tensor(layout.previous_rows(), device))
+    d_w_hh = (d_gates.to(acc).T @ h_prev.to(acc)).to(w_hh.dtype)
+    if w_hr is None:
+        d_w_hr = w_hh.new_empty(0)
+    else:
+        r = flat_gates[:, 3 * H :] * torch.tanh(flat_cells)
+        d_w_hr = (d_out.T @ r).to(w_hh.dtype)
+    return d_gates.reshape(gates.shape), d_w_hh, d_w_hr, d_h0, d_c0

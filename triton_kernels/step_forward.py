@@ -1,0 +1,152 @@
+"""Per-step forward: one fused launch per time step (two with a projection).
+
+Launch for step t, grid (batch tiles, hidden tiles): the recurrent GEMM h_{t-1} @ W_hh^T for the
+four gates of its hidden tile (fp32 accumulators), then in the epilogue the gate activations, the
+cell update and r = o * tanh(c). h_{t-1} is read from y's rows of the previous step (or h0 for
+rows starting here), so y doubles as the state buffer and no program overwrites what another
+still reads. Without projection r is h_t and goes straight to y; with one, a second launch
+projects r (kept in a [B, H] scratch) through W_hr into y, as the projection needs whole rows of
+r, which the first launch splits across programs.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch_lstm_ext.triton_kernels.buffers import kernel_output
+from torch_lstm_ext.triton_kernels.layout import Layout
+from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, load_state, tanh
+from torch_lstm_ext.triton_kernels.tuning import batch_block, dot_dtype, step_configs, step_grid
+
+_CONFIGS = step_configs(
+    gpu=[
+        triton.Config({"BLOCK_H": 32, "BLOCK_K": 32}, num_warps=4),
+        triton.Config({"BLOCK_H": 64, "BLOCK_K": 32}, num_warps=4),
+        triton.Config({"BLOCK_H": 64, "BLOCK_K": 64}, num_warps=8),
+    ],
+    interpreter=triton.Config({"BLOCK_H": 16, "BLOCK_K": 16}, num_warps=4),
+)
+
+
+@triton.jit
+def _gate_dot(h, w_ptr, gate_rows, ks, P, col_ok, acc, DOT_DTYPE: tl.constexpr):
+    """acc + h @ W[gate_rows, ks]^T; h [BLOCK_B, BLOCK_K], W row-major [4H, P]."""
+    mask = (ks < P)[:, None] & col_ok[None, :]
+    w = tl.load(w_ptr + gate_rows[None, :] * P + ks[:, None], mask=mask, other=0.0).to(tl.float32)
+    return dot_acc(h, w, acc, DOT_DTYPE)
+
+
+# Step scalars change every launch: not specialising on them keeps one compiled kernel.
+@triton.autotune(configs=_CONFIGS, key=["H", "P", "BLOCK_B"])
+@triton.jit(do_not_specialize=["offset", "n", "prev_offset", "prev_n"])
+def lstm_step_forward_kernel(
+    gx_ptr, w_hh_ptr, h0_ptr, c0_ptr,
+    y_ptr, gates_ptr, cells_ptr, r_ptr,
+    offset, n, prev_offset, prev_n, H: tl.constexpr, P: tl.constexpr,
+    HAS_PROJ: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Rows offset..offset+n-1 of y [N, P], gates [N, 4H], cells [N, H] (or r [B, H] with HAS_PROJ).
+
+    gx [N, 4H], w_hh [4H, P], h0 [B, P], c0 [B, H]; the previous step's rows start at prev_offset
+    and its first prev_n batch rows continue here.
+    """
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    col_ok = cols < H
+    acc_i = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    acc_f = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    acc_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    acc_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    for k0 in range(0, P, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        h = load_state(y_ptr, h0_ptr, prev_offset, prev_n, rows, ks, n, P)
+        acc_i = _gate_dot(h, w_hh_ptr, cols, ks, P, col_ok, acc_i, DOT_DTYPE)
+        acc_f = _gate_dot(h, w_hh_ptr, H + cols, ks, P, col_ok, acc_f, DOT_DTYPE)
+        acc_g = _gate_dot(h, w_hh_ptr, 2 * H + cols, ks, P, col_ok, acc_g, DOT_DTYPE)
+        acc_o = _gate_dot(h, w_hh_ptr, 3 * H + cols, ks, P, col_ok, acc_o, DOT_DTYPE)
+
+    out_rows = (offset + rows).to(tl.int64)
+    mask = (rows < n)[:, None] & col_ok[None, :]
+    G = 4 * H
+    i = tl.sigmoid(acc_i + load_rows(gx_ptr, out_rows, cols, G, mask))
+    f = tl.sigmoid(acc_f + load_rows(gx_ptr, out_rows, H + cols, G, mask))
+    g = tanh(acc_g + load_rows(gx_ptr, out_rows, 2 * H + cols, G, mask))
+    o = tl.sigmoid(acc_o + load_rows(gx_ptr, out_rows, 3 * H + cols, G, mask))
+    c = f * load_state(cells_ptr, c0_ptr, prev_offset, prev_n, rows, cols, n, H) + i * g
+    r = o * tanh(c)
+
+    gate_ptrs = gates_ptr + out_rows[:, None] * G + cols[None, :]
+    tl.store(gate_ptrs, i, mask=mask)
+    tl.store(gate_ptrs + H, f, mask=mask)
+    tl.store(gate_ptrs + 2 * H, g, mask=mask)
+    tl.store(gate_ptrs + 3 * H, o, mask=mask)
+    tl.store(cells_ptr + out_rows[:, None] * H + cols[None, :], c, mask=mask)
+    if HAS_PROJ:
+        r_ptrs = r_ptr + rows.to(tl.int64)[:, None] * H + cols[None, :]
+        tl.store(r_ptrs, r.to(r_ptr.dtype.element_ty), mask=mask)
+    else:
+        y_ptrs = y_ptr + out_rows[:, None] * P + cols[None, :]
+        tl.store(y_ptrs, r.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.autotune(configs=_CONFIGS, key=["H", "P", "BLOCK_B"])
+@triton.jit(do_not_specialize=["offset", "n"])
+def lstm_step_project_kernel(
+    r_ptr, w_hr_ptr, y_ptr, offset, n, H: tl.constexpr, P: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """y[offset + b, p] = sum_j r[b, j] * w_hr[p, j] for b < n; r [B, H], w_hr [P, H], y [N, P].
+
+    BLOCK_H tiles the output axis P here (the config is shared with the gate kernel).
+    """
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    row_ok = rows < n
+    col_ok = cols < P
+    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < H
+        r = load_rows(r_ptr, rows.to(tl.int64), ks, H, row_ok[:, None] & k_ok[None, :])
+        w_mask = k_ok[:, None] & col_ok[None, :]
+        w = tl.load(w_hr_ptr + cols[None, :] * H + ks[:, None], mask=w_mask, other=0.0).to(tl.float32)
+        acc = dot_acc(r, w, acc, DOT_DTYPE)
+    out_rows = (offset + rows).to(tl.int64)
+    y_ptrs = y_ptr + out_rows[:, None] * P + cols[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+def step_forward(
+    gates_x: Tensor, w_hh: Tensor, w_hr: Tensor | None, h0: Tensor, c0: Tensor, layout: Layout
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run every step: y [N, P] (storage dtype), gates [N, 4H] and cells [N, H] (float32).
+
+    All tensors contiguous; gates_x [N, 4H], w_hh [4H, P], w_hr [P, H] or None, h0 [B, P], c0 [B, H].
+    """
+    N, G = gates_x.shape
+    H = G // 4
+    B, P = h0.shape
+    device = gates_x.device
+    y = kernel_output((N, P), gates_x.dtype, device)
+    gates = kernel_output((N, G), torch.float32, device)
+    cells = kernel_output((N, H), torch.float32, device)
+    # The projection's input, one step at a time; in the storage dtype, the dot's operand dtype.
+    r = kernel_output((B, H), gates_x.dtype, device) if w_hr is not None else y
+    block_b = batch_block(B)
+    dtype = dot_dtype(gates_x.dtype)
+    for step in layout.steps():
+        prev_offset = max(step.prev_offset, 0)
+        lstm_step_forward_kernel[step_grid(step.n, block_b, H)](
+            gates_x, w_hh, h0, c0, y, gates, cells, r,
+            step.offset, step.n, prev_offset, step.prev_n, H, P,
+            HAS_PROJ=w_hr is not None, DOT_DTYPE=dtype, BLOCK_B=block_b,
+        )
+        if w_hr is not None:
+            lstm_step_project_kernel[step_grid(step.n, block_b, P)](
+                r, w_hr, y, step.offset, step.n, H, P, DOT_DTYPE=dtype, BLOCK_B=block_b,
+            )
+    return y, gates, cells

@@ -1,0 +1,52 @@
+"""Device helpers shared by every kernel: the tanh shim, the recurrent dot, state-row loads.
+
+All values are converted to float32 right after `tl.load`: the interpreter computes bf16
+arithmetic wrongly, and the gate math is meant to run in fp32 on the GPU anyway.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def tanh(x):
+    """tanh as 2 * sigmoid(2x) - 1: `tl` has no tanh and libdevice's does not run in the interpreter."""
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def dot_acc(a, b, acc, DOT_DTYPE: tl.constexpr):
+    """acc + a @ b with fp32 accumulation; a [M, K], b [K, N] fp32 tiles, M, N, K >= 16 (GPU rule).
+
+    DOT_DTYPE float32 runs an IEEE fp32 dot (a plain fp32 dot is TF32 on the GPU, which breaks
+    parity with the reference); float16 / bfloat16 runs on tensor cores. The kernels only pass
+    operands that are already exact in DOT_DTYPE (loaded from storage of that dtype), so the cast
+    loses nothing.
+    """
+    if DOT_DTYPE == tl.float32:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), acc)
+
+
+@triton.jit
+def load_rows(ptr, rows, cols, width, mask):
+    """fp32 tile ptr[rows, cols] of a row-major [*, width] matrix; rows int64 [R], cols [C]."""
+    return tl.load(ptr + rows[:, None] * width + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def load_state(hist_ptr, init_ptr, prev_offset, prev_n, rows, cols, n, width):
+    """The state each active batch row b < n starts a step from: [len(rows), len(cols)] fp32.
+
+    Row b < prev_n continues the sequence of the step processed just before, whose rows are
+    hist[prev_offset + b]; other active rows start it here from init[b] (h0 / c0 or the final
+    gradients). Two masked loads with scalar offsets: no address is read from memory.
+    """
+    col_ok = cols[None, :] < width
+    from_hist = (rows < prev_n)[:, None] & col_ok
+    from_init = ((rows >= prev_n) & (rows < n))[:, None] & col_ok
+    hist_rows = (prev_offset + rows).to(tl.int64)
+    return load_rows(hist_ptr, hist_rows, cols, width, from_hist) + load_rows(
+        init_ptr, rows.to(tl.int64), cols, width, from_init
+    )

@@ -1,0 +1,46 @@
+"""Launch parameters: autotune configs, batch tile, dot dtype (interpreter-aware)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import triton
+import triton.language as tl
+
+from torch_lstm_ext.config import triton_interpreter_enabled
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+def step_configs(gpu: list[triton.Config], interpreter: triton.Config) -> list[triton.Config]:
+    """`gpu` normally; only `interpreter` under TRITON_INTERPRET=1, where several configs crash.
+
+    The interpreter config has GPU-legal tiles (dims >= 16) that are small, so tiny test shapes
+    still run several tiles per axis. Read at import: the interpreter flag must be set first anyway.
+    """
+    return [interpreter] if triton_interpreter_enabled() else gpu
+
+
+def dot_dtype(storage: torch.dtype) -> tl.dtype:
+    """The dtype of tl.dot operands: the storage dtype on the GPU (fp16 / bf16 on tensor cores),
+    float32 in the interpreter, whose bf16 dot is wrong (the operands are storage-exact either way,
+    so only the summation order differs)."""
+    if storage not in _TL_DTYPES:
+        raise TypeError(f"the Triton kernels take float32, float16 or bfloat16, not {storage}")
+    return tl.float32 if triton_interpreter_enabled() else _TL_DTYPES[storage]
+
+
+def step_grid(n: int, block_b: int, width: int) -> Callable[[dict], tuple[int, int]]:
+    """Grid of a per-step launch: (batch tiles of the n active rows, BLOCK_H tiles of `width`)."""
+    return lambda meta: (triton.cdiv(n, block_b), triton.cdiv(width, meta["BLOCK_H"]))
+
+
+def batch_block(batch: int) -> int:
+    """Rows of the batch one program owns: a power of two in [16, 64] (tl.dot needs M >= 16)."""
+    return min(64, max(16, triton.next_power_of_2(batch)))
+
+
+def feature_block(size: int) -> int:
+    """A whole feature axis as one tile: the next power of two, at least 16 (tl.dot's minimum)."""
+    return max(16, triton.next_power_of_2(size))
