@@ -1,0 +1,104 @@
+"""Helpers of the Triton kernel tests (interpreter and CUDA): recurrence cases, the NumPy
+reference run through the op, and the kernel-vs-reference tolerances (the one place they live).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pack_sequence
+
+from torch_lstm_ext import triton_kernels
+from torch_lstm_ext.config import BACKEND_ENV
+
+# (rtol, atol) of the Triton kernels against the NumPy reference, which computes fp16 / bf16
+# storage in fp32 with fp32 states throughout.
+# - float32: both compute in fp32 (IEEE dots), only the summation order differs: a few ulps,
+#   grown by the T-step recurrence and the N-row weight GEMMs.
+# - bfloat16 (8-bit significand): the kernels round each step's h (y) and gate gradients to bf16
+#   before the recurrent dot, 2**-9 relative (2**-8 in the interpreter, whose bf16 cast
+#   truncates); that compounds over the steps and sums up in the weight gradients. Measured at
+#   T = 6 under the interpreter: up to 1.6 * 2**-8; allowed: 5 * 2**-8.
+# - float16 (11-bit significand): the same at 2**-11 (measured up to 1.3 * 2**-11; allowed 5x).
+KERNEL_TOLERANCES = {
+    torch.float32: (1e-5, 1e-5),
+    torch.bfloat16: (2e-2, 2e-2),
+    torch.float16: (2.5e-3, 2.5e-3),
+}
+
+FORWARD_NAMES = ("y", "h_n", "c_n", "gates", "cells")
+BACKWARD_NAMES = ("d_gates_x", "d_w_hh", "d_w_hr", "d_h0", "d_c0")
+
+
+@dataclass
+class Case:
+    """Arguments of lstm_fwd (`forward`) and the upstream gradients (grad_y, grad_hn, grad_cn)."""
+
+    forward: tuple
+    upstream: tuple[Tensor, Tensor, Tensor]
+
+
+def make_case(
+    T: int, B: int, H: int, proj: int, packed: bool, reverse: bool, dtype: torch.dtype,
+    device: str = "cpu", seed: int = 0,
+) -> Case:
+    """A random recurrence; packed input has unsorted lengths T, 1, ... (pack_sequence sorts)."""
+    gen = torch.Generator().manual_seed(seed)
+    P = proj or H
+
+    def randn(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=gen)).to(device=device, dtype=dtype)
+
+    if packed:
+        lengths = [max(1, (T * (k + 1)) // B) for k in range(B)][::-1][1:] + [T]
+        seqs = [torch.zeros(n, 1) for n in lengths]
+        batch_sizes = pack_sequence(seqs, enforce_sorted=False).batch_sizes
+        gates_x = randn(int(batch_sizes.sum()), 4 * H)
+        rows = gates_x.shape[:1]
+    else:
+        batch_sizes = None
+        gates_x = randn(T, B, 4 * H)
+        rows = gates_x.shape[:2]
+    scale = 1.0 / P**0.5
+    forward = (
+        gates_x, randn(4 * H, P, scale=scale), randn(P, H, scale=1.0 / H**0.5) if proj else None,
+        randn(B, P), randn(B, H), batch_sizes, reverse,
+    )
+    return Case(forward, (randn(*rows, P), randn(B, P), randn(B, H)))
+
+
+def _backward_args(case: Case, forward_out) -> tuple:
+    gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse = case.forward
+    y, _, _, gates, cells = forward_out
+    return (*case.upstream, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates, cells)
+
+
+def run_op(case: Case, backend: str, monkeypatch: pytest.MonkeyPatch) -> tuple[tuple, tuple]:
+    """(lstm_fwd outputs, lstm_bwd's first five outputs) through the ops with `backend`."""
+    with monkeypatch.context() as m:
+        m.setenv(BACKEND_ENV, backend)
+        forward_out = torch.ops.torch_lstm_ext.lstm_fwd(*case.forward)
+        backward_out = torch.ops.torch_lstm_ext.lstm_bwd(*_backward_args(case, forward_out))[:5]
+    return tuple(forward_out), tuple(backward_out)
+
+
+def run_kernel(case: Case, kernel: str) -> tuple[tuple, tuple]:
+    """The same through triton_kernels with the kernel forced ('step' or 'persistent')."""
+    forward_out = triton_kernels.lstm_forward(*case.forward, kernel=kernel)
+    backward_out = triton_kernels.lstm_backward(*_backward_args(case, forward_out), kernel=kernel)
+    return tuple(forward_out), tuple(backward_out)
+
+
+def assert_matches_reference(actual: tuple[tuple, tuple], expected: tuple[tuple, tuple], dtype) -> None:
+    """Every forward output and gradient: same shape and dtype, no NaN, close at the tolerance."""
+    rtol, atol = KERNEL_TOLERANCES[dtype]
+    for names, got, want in zip((FORWARD_NAMES, BACKWARD_NAMES), actual, expected, strict=True):
+        for name, a, b in zip(names, got, want, strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype, f"{name}: {a.shape} {a.dtype} != {b.shape} {b.dtype}"
+            assert a.device == b.device, f"{name}: on {a.device}, expected {b.device}"
+            assert not a.isnan().any(), f"{name} has NaN (an unwritten row?)"
+            torch.testing.assert_close(a.cpu().double(), b.cpu().double(), rtol=rtol, atol=atol,
+                                       msg=lambda m, name=name: f"{name}: {m}")
