@@ -18,6 +18,7 @@ from torch.nn.utils.rnn import PackedSequence
 from torch_lstm_ext import functional
 from torch_lstm_ext.autograd import lstm_layer
 from torch_lstm_ext.validation import check_lstm_config, check_lstm_forward_args
+from torch_lstm_ext.variants import VariantConfig, variant_parameter_shapes
 
 
 class LSTM(nn.Module):
@@ -25,6 +26,11 @@ class LSTM(nn.Module):
 
     forward(input, hx=None) -> (output, (h_n, c_n)), input [T, B, I] ([B, T, I] with
     batch_first), unbatched [T, I], or a PackedSequence; hx = (h0 [L*D, B, P], c0 [L*D, B, H]).
+
+    Keyword-only variants (all off by default; see README and variant_reference.py):
+    peephole, layer_norm, zoneout_cell, zoneout_hidden, weight_dropout, cell_clip, grad_clip,
+    checkpoint. Their parameters are registered after nn.LSTM's, so with the same seed the
+    shared parameters are initialised exactly as nn.LSTM's.
     """
 
     def __init__(
@@ -39,21 +45,35 @@ class LSTM(nn.Module):
         proj_size: int = 0,
         device=None,
         dtype=None,
+        *,
+        peephole: bool = False,
+        layer_norm: bool = False,
+        zoneout_cell: float = 0.0,
+        zoneout_hidden: float = 0.0,
+        weight_dropout: float = 0.0,
+        cell_clip: float | None = None,
+        grad_clip: float | None = None,
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
         check_lstm_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
+        variants = VariantConfig(peephole, layer_norm, zoneout_cell, zoneout_hidden, weight_dropout,
+                                 cell_clip, grad_clip, checkpoint)
         self._set_config(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size)
+                         bidirectional, proj_size, variants)
         factory = {"device": device, "dtype": dtype}
         directions = 2 if bidirectional else 1
         for index, names in enumerate(self._all_weights):
             layer = index // directions
             for name in names:
                 setattr(self, name, nn.Parameter(torch.empty(self._param_shape(name, layer), **factory)))
+        for suffix in self._suffixes():
+            for prefix, shape in variant_parameter_shapes(variants, hidden_size).items():
+                setattr(self, f"{prefix}_{suffix}", nn.Parameter(torch.empty(shape, **factory)))
         self.reset_parameters()
 
     def _set_config(self, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                    bidirectional, proj_size) -> None:
+                    bidirectional, proj_size, variants: VariantConfig) -> None:
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -62,8 +82,13 @@ class LSTM(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.proj_size = proj_size
+        self.variants = variants
         self._all_weights = _parameter_names(num_layers, bidirectional, bias, proj_size)
         self._flat_weights_names = [name for names in self._all_weights for name in names]
+
+    def _suffixes(self) -> list[str]:
+        """'l{k}' / 'l{k}_reverse' per layer and direction, in parameter order."""
+        return [names[0][len("weight_ih_") :] for names in self._all_weights]
 
     def _param_shape(self, name: str, layer: int) -> tuple[int, ...]:
         gates = 4 * self.hidden_size
@@ -87,17 +112,22 @@ class LSTM(nn.Module):
         module = cls.__new__(cls)
         nn.Module.__init__(module)
         module._set_config(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias,
-                           lstm.batch_first, lstm.dropout, lstm.bidirectional, lstm.proj_size)
+                           lstm.batch_first, lstm.dropout, lstm.bidirectional, lstm.proj_size,
+                           VariantConfig())
         for name in module._flat_weights_names:
             setattr(module, name, getattr(lstm, name))
         module.train(lstm.training)
         return module
 
     def reset_parameters(self) -> None:
-        """nn.LSTM's init: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in registration order."""
+        """nn.LSTM's init: every weight ~ U(-1/sqrt(H), 1/sqrt(H)) in registration order, peephole
+        weights included; layer-norm gains 1 and biases 0."""
         bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
+        for name, weight in self.named_parameters():
+            if name.startswith("ln_"):
+                nn.init.constant_(weight, 0.0 if "_bias_" in name else 1.0)
+            else:
+                nn.init.uniform_(weight, -bound, bound)
 
     def flatten_parameters(self) -> None:
         """No-op, kept for nn.LSTM compatibility (there is no cuDNN weight buffer to pack)."""
@@ -120,21 +150,30 @@ class LSTM(nn.Module):
             s += ", dropout={dropout}"
         if self.bidirectional is not False:
             s += ", bidirectional={bidirectional}"
-        return s.format(**self.__dict__)
+        s = s.format(**self.__dict__)
+        for name in self.variants.active():
+            s += f", {name}={getattr(self.variants, name)}"
+        return s
 
     def _layer_weights(self) -> list[functional.LayerWeights]:
         def get(name: str) -> Tensor:
             return getattr(self, name)
 
+        v = self.variants
         result = []
-        for names in self._all_weights:
-            suffix = names[0][len("weight_ih") :]
+        for suffix in self._suffixes():
             result.append(functional.LayerWeights(
-                get("weight_ih" + suffix),
-                get("weight_hh" + suffix),
-                get("bias_ih" + suffix) if self.bias else None,
-                get("bias_hh" + suffix) if self.bias else None,
-                get("weight_hr" + suffix) if self.proj_size else None,
+                get("weight_ih_" + suffix),
+                get("weight_hh_" + suffix),
+                get("bias_ih_" + suffix) if self.bias else None,
+                get("bias_hh_" + suffix) if self.bias else None,
+                get("weight_hr_" + suffix) if self.proj_size else None,
+                (torch.stack([get(f"weight_{g}_{suffix}") for g in ("ci", "cf", "co")])
+                 if v.peephole else None),
+                get("ln_ih_weight_" + suffix) if v.layer_norm else None,
+                get("ln_hh_weight_" + suffix) if v.layer_norm else None,
+                (torch.stack([get("ln_c_weight_" + suffix), get("ln_c_bias_" + suffix)])
+                 if v.layer_norm else None),
             ))
         return result
 
@@ -178,7 +217,7 @@ class LSTM(nn.Module):
 
         output, h_n, c_n = functional.lstm(
             data, h0, c0, self._layer_weights(), self.num_layers, self.dropout, self.training,
-            self.bidirectional, batch_sizes,
+            self.bidirectional, batch_sizes, self.variants,
         )
 
         if unsorted_indices is not None:

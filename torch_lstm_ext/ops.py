@@ -25,10 +25,9 @@ import torch
 from torch import Tensor
 
 from torch_lstm_ext import reference
-from torch_lstm_ext.variant_reference import Variants, lstm_variant_backward, lstm_variant_forward
-from torch_lstm_ext.config import BACKEND_ENV, INTERPRETER_ENV, requested_backend
-from torch_lstm_ext.config import triton_interpreter_enabled
+from torch_lstm_ext.config import BACKEND_ENV, INTERPRETER_ENV, requested_backend, triton_interpreter_enabled
 from torch_lstm_ext.dtypes import compute_dtype
+from torch_lstm_ext.variant_reference import Variants, lstm_variant_backward, lstm_variant_forward
 
 
 def select_backend(device: torch.device) -> str:
