@@ -103,11 +103,11 @@ def test_float64_takes_the_reference_path(monkeypatch):
 
 
 def test_dispatch_rule():
-    assert choose_kernel(64, 64, False, torch.float32) == "persistent"
-    assert choose_kernel(128, 128, False, torch.float32) == "step"
+    assert choose_kernel(32, 32, False, torch.float32) == "persistent"
+    assert choose_kernel(64, 64, False, torch.float32) == "step"
     assert choose_kernel(64, 64, True, torch.bfloat16) == "persistent"
-    assert choose_kernel(128, 32, True, torch.bfloat16) == "persistent"
-    assert choose_kernel(256, 256, False, torch.bfloat16) == "step"
+    assert choose_kernel(128, 32, True, torch.float16) == "persistent"
+    assert choose_kernel(128, 128, False, torch.bfloat16) == "step"
 
 
 def _module_input(T: int, B: int, input_size: int, packed: bool, seed: int = 0):

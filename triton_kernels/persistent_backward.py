@@ -13,17 +13,18 @@ import triton
 import triton.language as tl
 from torch import Tensor
 from torch_lstm_ext.triton_kernels.buffers import kernel_output
-from torch_lstm_ext.triton_kernels.persistent_forward import BLOCK_B
+from torch_lstm_ext.triton_kernels.persistent_forward import BLOCK_B, NUM_WARPS
 from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, tanh
 from torch_lstm_ext.triton_kernels.tuning import dot_dtype, feature_block
 
 
 @triton.jit
-def _weight(w_ptr, first_row, rows, cols, num_rows, width):
-    """W[first_row + rows, cols], fp32 [len(rows), len(cols)] of a row-major [*, width] matrix."""
+def _weight(w_ptr, DOT_DTYPE: tl.constexpr, first_row, rows, cols, num_rows, width):
+    """W[first_row + rows, cols] of a row-major [*, width] matrix: [len(rows), len(cols)] in DOT_DTYPE."""
     mask = (rows < num_rows)[:, None] & (cols < width)[None, :]
     ptrs = w_ptr + (first_row + rows)[:, None] * width + cols[None, :]
-    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    # Held in the dot's operand dtype for the whole loop: half the registers for fp16 / bf16.
+    return tl.load(ptrs, mask=mask, other=0.0).to(DOT_DTYPE)
 
 
 @triton.jit
@@ -45,12 +46,12 @@ def lstm_persistent_backward_kernel(
     row_ok = rows < B
     lengths = tl.load(lengths_ptr + rows, mask=row_ok, other=0)
     # W_hh gate blocks [BLOCK_H, BLOCK_P] and W_hr [BLOCK_P, BLOCK_H], on chip for all steps.
-    w_i = _weight(w_hh_ptr, 0, hs, ps, H, P)
-    w_f = _weight(w_hh_ptr, H, hs, ps, H, P)
-    w_g = _weight(w_hh_ptr, 2 * H, hs, ps, H, P)
-    w_o = _weight(w_hh_ptr, 3 * H, hs, ps, H, P)
+    w_i = _weight(w_hh_ptr, DOT_DTYPE, 0, hs, ps, H, P)
+    w_f = _weight(w_hh_ptr, DOT_DTYPE, H, hs, ps, H, P)
+    w_g = _weight(w_hh_ptr, DOT_DTYPE, 2 * H, hs, ps, H, P)
+    w_o = _weight(w_hh_ptr, DOT_DTYPE, 3 * H, hs, ps, H, P)
     if HAS_PROJ:
-        w_r = _weight(w_hr_ptr, 0, ps, hs, P, H)
+        w_r = _weight(w_hr_ptr, DOT_DTYPE, 0, ps, hs, P, H)
     state_rows = rows.to(tl.int64)
     h_mask = row_ok[:, None] & (hs < H)[None, :]
     p_mask = row_ok[:, None] & (ps < P)[None, :]
@@ -136,6 +137,7 @@ def persistent_backward(
         grad_y, grad_hn, grad_cn, w_hh, w_hr if w_hr is not None else w_hh, c0, lengths,
         gates, cells, d_gates, d_out if d_out is not None else d_gates, d_h0, d_c0, T, B, H, P,
         REVERSE=reverse, HAS_PROJ=w_hr is not None, DOT_DTYPE=dot_dtype(grad_y.dtype),
-        BLOCK_B=BLOCK_B, BLOCK_H=feature_block(H), BLOCK_P=feature_block(P), num_warps=8, num_stages=1,
+        BLOCK_B=BLOCK_B, BLOCK_H=feature_block(H), BLOCK_P=feature_block(P),
+        num_warps=NUM_WARPS, num_stages=1,
     )
     return d_gates, d_out, d_h0, d_c0

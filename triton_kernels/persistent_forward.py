@@ -19,14 +19,17 @@ from torch_lstm_ext.triton_kernels.tuning import dot_dtype, feature_block
 
 # Small batch tiles leave more programs for the SMs; 16 is tl.dot's minimum M.
 BLOCK_B = 16
+# 8 warps spread the on-chip weights over 256 threads (dispatch.py's budgets assume it).
+NUM_WARPS = 8
 
 
 @triton.jit
-def _weight_t(w_ptr, first_row, rows_of_t, cols_of_t, num_rows, width):
-    """W[first_row + rows_of_t, cols_of_t] transposed, fp32 [len(cols_of_t), len(rows_of_t)]."""
+def _weight_t(w_ptr, DOT_DTYPE: tl.constexpr, first_row, rows_of_t, cols_of_t, num_rows, width):
+    """W[first_row + rows_of_t, cols_of_t] transposed: [len(cols_of_t), len(rows_of_t)] in DOT_DTYPE."""
     mask = (cols_of_t < width)[:, None] & (rows_of_t < num_rows)[None, :]
     ptrs = w_ptr + (first_row + rows_of_t)[None, :] * width + cols_of_t[:, None]
-    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    # Held in the dot's operand dtype for the whole loop: half the registers for fp16 / bf16.
+    return tl.load(ptrs, mask=mask, other=0.0).to(DOT_DTYPE)
 
 
 @triton.jit
@@ -46,12 +49,12 @@ def lstm_persistent_forward_kernel(
     row_ok = rows < B
     lengths = tl.load(lengths_ptr + rows, mask=row_ok, other=0)
     # W_hh^T gate blocks [BLOCK_P, BLOCK_H] and W_hr^T [BLOCK_H, BLOCK_P], on chip for all steps.
-    w_i = _weight_t(w_hh_ptr, 0, hs, ps, H, P)
-    w_f = _weight_t(w_hh_ptr, H, hs, ps, H, P)
-    w_g = _weight_t(w_hh_ptr, 2 * H, hs, ps, H, P)
-    w_o = _weight_t(w_hh_ptr, 3 * H, hs, ps, H, P)
+    w_i = _weight_t(w_hh_ptr, DOT_DTYPE, 0, hs, ps, H, P)
+    w_f = _weight_t(w_hh_ptr, DOT_DTYPE, H, hs, ps, H, P)
+    w_g = _weight_t(w_hh_ptr, DOT_DTYPE, 2 * H, hs, ps, H, P)
+    w_o = _weight_t(w_hh_ptr, DOT_DTYPE, 3 * H, hs, ps, H, P)
     if HAS_PROJ:
-        w_r = _weight_t(w_hr_ptr, 0, ps, hs, P, H)
+        w_r = _weight_t(w_hr_ptr, DOT_DTYPE, 0, ps, hs, P, H)
     state_rows = rows.to(tl.int64)
     h_mask = row_ok[:, None] & (hs < H)[None, :]
     p_mask = row_ok[:, None] & (ps < P)[None, :]
@@ -119,6 +122,7 @@ def persistent_forward(
         gates_x, w_hh, w_hr if w_hr is not None else w_hh, h0, c0, lengths,
         y, gates, cells, h_n, c_n, T, B, H, P,
         REVERSE=reverse, HAS_PROJ=w_hr is not None, DOT_DTYPE=dot_dtype(gates_x.dtype),
-        BLOCK_B=BLOCK_B, BLOCK_H=feature_block(H), BLOCK_P=feature_block(P), num_warps=8, num_stages=1,
+        BLOCK_B=BLOCK_B, BLOCK_H=feature_block(H), BLOCK_P=feature_block(P),
+        num_warps=NUM_WARPS, num_stages=1,
     )
     return y, h_n, c_n, gates, cells

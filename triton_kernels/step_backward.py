@@ -17,16 +17,7 @@ from torch import Tensor
 from torch_lstm_ext.triton_kernels.buffers import kernel_output
 from torch_lstm_ext.triton_kernels.layout import Layout
 from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, load_state, tanh
-from torch_lstm_ext.triton_kernels.tuning import batch_block, dot_dtype, step_configs, step_grid
-
-_CONFIGS = step_configs(
-    gpu=[
-        triton.Config({"BLOCK_H": 32, "BLOCK_K": 32}, num_warps=4),
-        triton.Config({"BLOCK_H": 64, "BLOCK_K": 32}, num_warps=4),
-        triton.Config({"BLOCK_H": 64, "BLOCK_K": 64}, num_warps=8),
-    ],
-    interpreter=triton.Config({"BLOCK_H": 16, "BLOCK_K": 16}, num_warps=4),
-)
+from torch_lstm_ext.triton_kernels.tuning import STEP_CONFIGS, batch_block, dot_dtype, step_grid
 
 
 @triton.jit
@@ -70,7 +61,7 @@ def _grad_h(
     return acc + grad_end + grad_out
 
 
-@triton.autotune(configs=_CONFIGS, key=["H", "P", "BLOCK_B"])
+@triton.autotune(configs=STEP_CONFIGS, key=["H", "P", "BLOCK_B"])
 @triton.jit(do_not_specialize=["offset", "n", "later_offset", "later_n"])
 def lstm_step_grad_h_kernel(
     grad_y_ptr, grad_hn_ptr, d_gates_ptr, w_hh_ptr, d_out_ptr,
@@ -89,7 +80,7 @@ def lstm_step_grad_h_kernel(
 
 
 # dc is updated in place: the autotuner must restore it between its timing runs.
-@triton.autotune(configs=_CONFIGS, key=["H", "P", "BLOCK_B"], restore_value=["dc_ptr"])
+@triton.autotune(configs=STEP_CONFIGS, key=["H", "P", "BLOCK_B"], restore_value=["dc_ptr"])
 @triton.jit(do_not_specialize=["offset", "n", "prev_offset", "prev_n", "later_offset", "later_n"])
 def lstm_step_backward_kernel(
     grad_y_ptr, grad_hn_ptr, d_out_ptr, w_hh_ptr, w_hr_ptr, c0_ptr, gates_ptr, cells_ptr,

@@ -18,16 +18,7 @@ from torch import Tensor
 from torch_lstm_ext.triton_kernels.buffers import kernel_output
 from torch_lstm_ext.triton_kernels.layout import Layout
 from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, load_state, tanh
-from torch_lstm_ext.triton_kernels.tuning import batch_block, dot_dtype, step_configs, step_grid
-
-_CONFIGS = step_configs(
-    gpu=[
-        triton.Config({"BLOCK_H": 32, "BLOCK_K": 32}, num_warps=4),
-        triton.Config({"BLOCK_H": 64, "BLOCK_K": 32}, num_warps=4),
-        triton.Config({"BLOCK_H": 64, "BLOCK_K": 64}, num_warps=8),
-    ],
-    interpreter=triton.Config({"BLOCK_H": 16, "BLOCK_K": 16}, num_warps=4),
-)
+from torch_lstm_ext.triton_kernels.tuning import STEP_CONFIGS, batch_block, dot_dtype, step_grid
 
 
 @triton.jit
@@ -39,7 +30,7 @@ def _gate_dot(h, w_ptr, gate_rows, ks, P, col_ok, acc, DOT_DTYPE: tl.constexpr):
 
 
 # Step scalars change every launch: not specialising on them keeps one compiled kernel.
-@triton.autotune(configs=_CONFIGS, key=["H", "P", "BLOCK_B"])
+@triton.autotune(configs=STEP_CONFIGS, key=["H", "P", "BLOCK_B"])
 @triton.jit(do_not_specialize=["offset", "n", "prev_offset", "prev_n"])
 def lstm_step_forward_kernel(
     gx_ptr, w_hh_ptr, h0_ptr, c0_ptr,
@@ -92,7 +83,7 @@ def lstm_step_forward_kernel(
         tl.store(y_ptrs, r.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_CONFIGS, key=["H", "P", "BLOCK_B"])
+@triton.autotune(configs=STEP_CONFIGS, key=["H", "P", "BLOCK_B"])
 @triton.jit(do_not_specialize=["offset", "n"])
 def lstm_step_project_kernel(
     r_ptr, w_hr_ptr, y_ptr, offset, n, H: tl.constexpr, P: tl.constexpr,

@@ -16,7 +16,7 @@ def tanh(x):
 
 @triton.jit
 def dot_acc(a, b, acc, DOT_DTYPE: tl.constexpr):
-    """acc + a @ b with fp32 accumulation; a [M, K], b [K, N] fp32 tiles, M, N, K >= 16 (GPU rule).
+    """acc + a @ b with fp32 accumulation; a [M, K], b [K, N] (fp32 or DOT_DTYPE), M, N, K >= 16 (GPU).
 
     DOT_DTYPE float32 runs an IEEE fp32 dot (a plain fp32 dot is TF32 on the GPU, which breaks
     parity with the reference); float16 / bfloat16 runs on tensor cores. The kernels only pass

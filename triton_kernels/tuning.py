@@ -13,13 +13,22 @@ from torch_lstm_ext.config import triton_interpreter_enabled
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
-def step_configs(gpu: list[triton.Config], interpreter: triton.Config) -> list[triton.Config]:
-    """`gpu` normally; only `interpreter` under TRITON_INTERPRET=1, where several configs crash.
-
-    The interpreter config has GPU-legal tiles (dims >= 16) that are small, so tiny test shapes
-    still run several tiles per axis. Read at import: the interpreter flag must be set first anyway.
+def _step_configs() -> list[triton.Config]:
+    """Autotune configs of the per-step kernels (BLOCK_H tiles the output axis, BLOCK_K the
+    reduction). On the GPU: the ones ptxas compiles without spills for sm_90a at every batch tile
+    (tests/test_triton_compile.py). Under TRITON_INTERPRET=1 only one, as several crash there: small
+    but GPU-legal tiles (>= 16), so tiny test shapes still run several tiles per axis. Read at
+    import, like the interpreter flag itself.
     """
-    return [interpreter] if triton_interpreter_enabled() else gpu
+    if triton_interpreter_enabled():
+        return [triton.Config({"BLOCK_H": 16, "BLOCK_K": 16}, num_warps=4)]
+    return [
+        triton.Config({"BLOCK_H": 32, "BLOCK_K": 32}, num_warps=4),
+        triton.Config({"BLOCK_H": 64, "BLOCK_K": 32}, num_warps=8),
+    ]
+
+
+STEP_CONFIGS = _step_configs()
 
 
 def dot_dtype(storage: torch.dtype) -> tl.dtype:
@@ -36,9 +45,13 @@ def step_grid(n: int, block_b: int, width: int) -> Callable[[dict], tuple[int, i
     return lambda meta: (triton.cdiv(n, block_b), triton.cdiv(width, meta["BLOCK_H"]))
 
 
+MAX_BATCH_BLOCK = 32
+
+
 def batch_block(batch: int) -> int:
-    """Rows of the batch one program owns: a power of two in [16, 64] (tl.dot needs M >= 16)."""
-    return min(64, max(16, triton.next_power_of_2(batch)))
+    """Rows of the batch one per-step program owns: a power of two in [16, 32] (tl.dot needs
+    M >= 16; at 64 the four fp32 gate accumulators spill)."""
+    return min(MAX_BATCH_BLOCK, max(16, triton.next_power_of_2(batch)))
 
 
 def feature_block(size: int) -> int:

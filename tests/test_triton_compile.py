@@ -1,0 +1,119 @@
+"""The Triton kernels compiled for an H100 / H200 (sm_90a) on this CPU-only machine.
+
+The interpreter does not enforce GPU rules (tl.dot shapes and dtypes, loop-carried types, the
+16-bit tensor-core branch it never takes); the real compiler does, and Triton ships ptxas, so
+every kernel is compiled ahead of time here. `ptxas -v` also gives the register spills behind
+dispatch.py's persistent budgets. Skipped under TRITON_INTERPRET=1 (kernels are interpreted
+there) and where Triton's bundled ptxas is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    pytest.skip("compiles the kernels, which TRITON_INTERPRET=1 replaces", allow_module_level=True)
+
+import torch
+import triton
+import triton.language as tl
+from torch_lstm_ext.triton_kernels import (
+    persistent_backward,
+    persistent_forward,
+    step_backward,
+    step_forward,
+)
+from torch_lstm_ext.triton_kernels.dispatch import choose_kernel
+from torch_lstm_ext.triton_kernels.tuning import MAX_BATCH_BLOCK, feature_block
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+pytestmark = pytest.mark.skipif(not PTXAS.exists(), reason="Triton's bundled ptxas is missing")
+
+STORAGE = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}
+# Pointer arguments held in fp32 whatever the storage dtype (saved gates / cells, scratch).
+FP32_POINTERS = {"gates_ptr", "cells_ptr", "dc_ptr", "d_out_ptr"}
+
+
+def compile_for_sm90(kernel, dtype: torch.dtype, constexprs: dict, num_warps: int, num_stages: int):
+    """Compile `kernel` (JITFunction or Autotuner) for sm_90a; returns ptxas's (registers, spill bytes)."""
+    fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
+    signature = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name == "lengths_ptr":
+            signature[name] = "*i32"
+        elif name.endswith("_ptr"):
+            signature[name] = "*fp32" if name in FP32_POINTERS else f"*{STORAGE[dtype]}"
+        else:
+            signature[name] = "i32"
+    compiled = triton.compile(
+        ASTSource(fn, signature, constexprs=constexprs),
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": num_warps, "num_stages": num_stages},
+    )
+    ptx = Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / f"{fn.__name__}_{os.getpid()}.ptx"
+    ptx.write_text(compiled.asm["ptx"])
+    report = subprocess.run([str(PTXAS), "-arch=sm_90a", "-v", str(ptx), "-o", os.devnull],
+                            capture_output=True, text=True, check=True).stderr
+    ptx.unlink()
+    registers = int(re.search(r"Used (\d+) registers", report).group(1))
+    spills = int(re.search(r"(\d+) bytes spill stores", report).group(1))
+    return registers, spills
+
+
+@pytest.mark.parametrize("dtype", STORAGE, ids=STORAGE.values())
+@pytest.mark.parametrize("has_proj", [False, True], ids=["no_proj", "proj"])
+def test_per_step_kernels_compile_without_spills(dtype, has_proj):
+    H, P = 256, (128 if has_proj else 256)
+    kernels = [step_forward.lstm_step_forward_kernel, step_backward.lstm_step_backward_kernel]
+    if has_proj:
+        kernels += [step_forward.lstm_step_project_kernel, step_backward.lstm_step_grad_h_kernel]
+    for kernel in kernels:
+        for config in kernel.configs:
+            constexprs = {"H": H, "P": P, "DOT_DTYPE": TL_DTYPE[dtype], "BLOCK_B": MAX_BATCH_BLOCK,
+                          **config.kwargs}
+            if "HAS_PROJ" in kernel.fn.arg_names:
+                constexprs["HAS_PROJ"] = has_proj
+            _, spills = compile_for_sm90(kernel, dtype, constexprs, config.num_warps, config.num_stages)
+            assert spills == 0, f"{kernel.fn.__name__} {config}: {spills} bytes spilled"
+
+
+# The largest shapes dispatch.py sends to the persistent kernels, per dtype: (H, P, has_proj).
+PERSISTENT_EDGES = [
+    (torch.float32, 32, 32, False),
+    (torch.float32, 32, 16, True),
+    (torch.bfloat16, 64, 64, True),
+    (torch.bfloat16, 128, 32, True),
+]
+
+
+@pytest.mark.parametrize("dtype,H,P,has_proj", PERSISTENT_EDGES)
+def test_persistent_kernels_fit_on_chip_at_the_dispatch_edge(dtype, H, P, has_proj):
+    assert choose_kernel(H, P, has_proj, dtype) == "persistent"
+    for kernel, reverse in [(persistent_forward.lstm_persistent_forward_kernel, False),
+                            (persistent_backward.lstm_persistent_backward_kernel, True)]:
+        constexprs = {"H": H, "P": P, "HAS_PROJ": has_proj, "REVERSE": reverse, "DOT_DTYPE": TL_DTYPE[dtype],
+                      "BLOCK_B": persistent_forward.BLOCK_B, "BLOCK_H": feature_block(H),
+                      "BLOCK_P": feature_block(P)}
+        _, spills = compile_for_sm90(kernel, dtype, constexprs, persistent_forward.NUM_WARPS, 1)
+        # A few bytes of spill (a stack slot or two) are harmless; the weights spilling is kilobytes.
+        assert spills <= 64, f"{kernel.__name__} {dtype} H={H} P={P}: {spills} bytes spilled"
+
+
+def test_fp32_persistent_kernels_spill_past_the_budget():
+    """Why fp32's budget is smaller: one size up, the fp32 weights no longer fit."""
+    assert choose_kernel(64, 64, False, torch.float32) == "step"
+    constexprs = {"H": 64, "P": 64, "HAS_PROJ": False, "REVERSE": False, "DOT_DTYPE": tl.float32,
+                  "BLOCK_B": persistent_forward.BLOCK_B, "BLOCK_H": 64, "BLOCK_P": 64}
+    _, spills = compile_for_sm90(persistent_forward.lstm_persistent_forward_kernel, torch.float32, constexprs,
+                                 persistent_forward.NUM_WARPS, 1)
+    assert spills > 1024
