@@ -102,3 +102,17 @@ def assert_matches_reference(actual: tuple[tuple, tuple], expected: tuple[tuple,
             assert not a.isnan().any(), f"{name} has NaN (an unwritten row?)"
             torch.testing.assert_close(a.cpu().double(), b.cpu().double(), rtol=rtol, atol=atol,
                                        msg=lambda m, name=name: f"{name}: {m}")
+
+
+def outputs_and_grads_on_device(module: torch.nn.Module, input, seed: int = 0):
+    """support.outputs_and_grads for modules on any device (that one draws its weighting on the
+    CPU and multiplies it into the outputs, which fails for CUDA outputs): (output, h_n, c_n,
+    {name: grad}) with the grads of every parameter and of the input."""
+    output, (h_n, c_n) = module(input)
+    out = output.data if isinstance(output, torch.nn.utils.rnn.PackedSequence) else output
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((t * torch.randn(t.shape, generator=gen).to(t.device, t.dtype)).sum() for t in (out, h_n, c_n))
+    leaves = {f"param.{name}": p for name, p in module.named_parameters()}
+    leaves["input"] = input.data if isinstance(input, torch.nn.utils.rnn.PackedSequence) else input
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    return out, h_n, c_n, dict(zip(leaves, grads, strict=True))
