@@ -27,6 +27,7 @@ from torch import Tensor
 from torch_lstm_ext import reference
 from torch_lstm_ext.config import BACKEND_ENV, INTERPRETER_ENV, requested_backend, triton_interpreter_enabled
 from torch_lstm_ext.dtypes import compute_dtype
+from torch_lstm_ext.profiling import stage
 from torch_lstm_ext.variant_reference import Variants, lstm_variant_backward, lstm_variant_forward
 
 
@@ -101,7 +102,12 @@ def lstm_fwd(
     zoneout_h: Tensor | None = None,
     cell_clip: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    variants = (peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h, cell_clip)
+    with stage("recurrence"):
+        return _lstm_fwd(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse,
+                         (peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h, cell_clip))
+
+
+def _lstm_fwd(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse, variants):
     if select_backend(gates_x.device) == "triton":
         _require_plain(variants)
         from torch_lstm_ext import triton_kernels
@@ -167,7 +173,13 @@ def lstm_bwd(
     cell_clip: float | None = None,
     grad_clip: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    variants = (peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h, cell_clip, grad_clip)
+    with stage("backward_recurrence"):
+        return _lstm_bwd(grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates,
+                         cells, (peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h, cell_clip, grad_clip))
+
+
+def _lstm_bwd(grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates, cells,
+              variants):
     if select_backend(grad_y.device) == "triton":
         _require_plain(variants)
         from torch_lstm_ext import triton_kernels

@@ -5,33 +5,154 @@ Both functions work on NumPy arrays of one compute dtype (float32 or float64); t
 (proj_size or H), N rows of the time-major input (T*B, or sum(batch_sizes) when packed).
 
 Layout: the rows of `gates_x` are time-major. Step t owns rows [offset_t, offset_t + n_t), and
-its n_t active sequences are batch rows 0..n_t-1 of the state (PackedSequence sorts sequences by
-decreasing length, so the active rows always form a prefix). The state arrays are updated in
-place for the active prefix only: a sequence that has ended keeps its final state, one that has
-not started yet (reverse direction) still holds h0 / c0. So h_n / c_n need no gathering and
-packed input needs neither padding nor a per-sequence loop.
+its n_t active sequences are batch rows 0..n_t-1 (PackedSequence sorts sequences by decreasing
+length, so the active rows always form a prefix). A step reads the previous state straight from
+the previous step's rows of `y` / `cells` (or from h0 / c0), so packed input needs neither
+padding nor a per-sequence loop, and the state is never copied per step.
 
 Gate order is PyTorch's: i, f, g, o. Sigmoids use sigmoid(x) = 0.5 * tanh(0.5 * x) + 0.5, which
 never overflows, so all four gates are one tanh pass over the 4H block.
+
+Speed (see DESIGN.md, "Performance design"): the pointwise math is NumPy, but the matrix products
+run through torch's BLAS (MKL) on zero-copy views: it is faster than OpenBLAS on the skinny
+per-step GEMMs, and NumPy's OpenBLAS threads would busy-wait after each call and steal both
+cores from torch's OpenMP threads. Work that does not depend on the recurrence (scaling the
+input gates, the backward's gate derivatives) runs in bulk over chunks of steps sized to stay in
+cache, which leaves 9 NumPy/torch calls per step forward and 6 backward.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+from typing import NamedTuple
+
 import numpy as np
+import torch
 
-from torch_lstm_ext.schedule import Step, step_schedule
+from torch_lstm_ext.profiling import stage
+
+# Bulk passes work on chunks of about this many bytes of gates, so the per-step loop that
+# follows finds them in L2 cache.
+_CHUNK_BYTES = 1 << 20
 
 
+class _Step(NamedTuple):
+    """One step in processing order: time index t with n active rows, and the step before it
+    (prev_t = -1 for the first step, whose previous state is h0 / c0)."""
+
+    t: int
+    n: int
+    prev_t: int
+    prev_n: int
+
+
+class _Walk(NamedTuple):
+    """sizes / offsets: rows and first row of each time step (time order); steps: processing order;
+    uniform: every step has all B rows (not packed)."""
+
+    sizes: list[int]
+    offsets: list[int]
+    steps: list[_Step]
+    uniform: bool
+
+
+def _walk(batch_sizes: np.ndarray | None, num_rows: int, batch: int, reverse: bool) -> _Walk:
+    if batch_sizes is None:
+        steps = num_rows // batch if batch else 0
+        sizes, offsets = [batch] * steps, list(range(0, steps * batch, batch))
+    else:
+        sizes = batch_sizes.tolist()
+        offsets = [0, *itertools.accumulate(sizes[:-1])] if sizes else []
+    order = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))
+    steps = []
+    prev_t, prev_n = -1, 0
+    for t in order:
+        steps.append(_Step(t, sizes[t], prev_t, prev_n))
+        prev_t, prev_n = t, sizes[t]
+    return _Walk(sizes, offsets, steps, batch_sizes is None)
+
+
+def _views(a: np.ndarray, walk: _Walk) -> list[np.ndarray]:
+    """Per time step views of the rows of `a` (any trailing shape)."""
+    if walk.uniform and walk.sizes:
+        return list(a.reshape(len(walk.sizes), walk.sizes[0], *a.shape[1:]))
+    return [a[o : o + n] for o, n in zip(walk.offsets, walk.sizes)]
+
+
+def _torch_views(a: np.ndarray, walk: _Walk) -> tuple[torch.Tensor, ...]:
+    """Per time step zero-copy torch views of the rows of `a` (one C++ call, not T slices)."""
+    return torch.from_numpy(a).split_with_sizes(walk.sizes)
+
+
+def _blocks(a: np.ndarray, H: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
+
+
+def _chunks(walk: _Walk, row_bytes: int) -> list[tuple[int, int, int, int]]:
+    """Runs of consecutive steps (k0, k1 in processing order) covering rows [r0, r1)."""
+    limit = max(1, _CHUNK_BYTES // max(row_bytes, 1))
+    chunks = []
+    k0, rows = 0, 0
+    for k, step in enumerate(walk.steps):
+        rows += step.n
+        if rows >= limit or k == len(walk.steps) - 1:
+            times = (walk.steps[k0].t, step.t)
+            first, last = min(times), max(times)
+            chunks.append((k0, k + 1, walk.offsets[first], walk.offsets[last] + walk.sizes[last]))
+            k0, rows = k + 1, 0
+    return chunks
+
+
+def _previous_pieces(walk: _Walk, steps: range) -> list[tuple[int, int, int, bool]]:
+    """Where each row of `steps` reads its previous state: (row, source_row, length, from_initial).
+
+    Source rows index the history (`y` or `cells`) or, when from_initial, h0 / c0. Adjacent
+    pieces are merged, so an unpacked sequence needs two pieces however long it is.
+    """
+    pieces = []
+    for k in steps:
+        t, n, prev_t, prev_n = walk.steps[k]
+        row = walk.offsets[t]
+        if prev_t < 0:
+            pieces.append((row, 0, n, True))
+        elif prev_n >= n:
+            pieces.append((row, walk.offsets[prev_t], n, False))
+        else:
+            pieces.append((row, walk.offsets[prev_t], prev_n, False))
+            pieces.append((row + prev_n, prev_n, n - prev_n, True))
+    pieces.sort()
+    merged: list[tuple[int, int, int, bool]] = []
+    for row, src, length, initial in pieces:
+        if merged:
+            last_row, last_src, last_len, last_initial = merged[-1]
+            if (last_initial == initial and last_row + last_len == row
+                    and last_src + last_len == src):
+                merged[-1] = (last_row, last_src, last_len + length, initial)
+                continue
+        merged.append((row, src, length, initial))
+    return merged
+
+
+def _final_rows(walk: _Walk) -> list[tuple[int, int, int]]:
+    """(t, b0, b1): batch rows b0..b1-1 take their final state at time step t."""
+    ends = []
+    steps = walk.steps
+    for k, step in enumerate(steps):
+        n_next = steps[k + 1].n if k + 1 < len(steps) else 0
+        if n_next < step.n:
+            ends.append((step.t, n_next, step.n))
+    return ends
+
+
+@functools.lru_cache(maxsize=64)
 def _gate_affine(hidden_size: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column scale and shift turning tanh into sigmoid for the i, f, o blocks."""
+    """Per-column scale and shift turning tanh into sigmoid for the i, f, o blocks (read-only)."""
     scale = np.full(4 * hidden_size, 0.5, dtype=dtype)
     scale[2 * hidden_size : 3 * hidden_size] = 1.0
     shift = np.where(scale == 0.5, 0.5, 0.0).astype(dtype)
+    scale.flags.writeable = shift.flags.writeable = False
     return scale, shift
-
-
-def _split(block: np.ndarray, H: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    return block[:, :H], block[:, H : 2 * H], block[:, 2 * H : 3 * H], block[:, 3 * H :]
 
 
 def lstm_forward(
@@ -59,65 +180,96 @@ def lstm_forward(
     N, G = gates_x.shape
     H = G // 4
     B, P = h0.shape
+    walk = _walk(batch_sizes, N, B, reverse)
     scale, shift = _gate_affine(H, dtype)
 
     y = np.empty((N, P), dtype=dtype)
     gates = np.empty((N, G), dtype=dtype)
     cells = np.empty((N, H), dtype=dtype)
-    h = np.array(h0, dtype=dtype, copy=True)
-    c = np.array(c0, dtype=dtype, copy=True)
     tmp = np.empty((B, H), dtype=dtype)
-    w_hh_t = w_hh.T
-    w_hr_t = None if w_hr is None else w_hr.T
+    # scale holds 0.5 and 1.0, so scaling W_hh is exact and folds the sigmoid's 0.5 * x into
+    # the recurrent GEMM.
+    w_t = torch.from_numpy(w_hh * scale[:, None]).T
+    w_hr_t = None if w_hr is None else torch.from_numpy(w_hr).T
+    h0_t, tmp_t = torch.from_numpy(h0), torch.from_numpy(tmp)
+    h_mix = c_mix = None
 
-    for step in step_schedule(batch_sizes, N, B, reverse):
-        rows = slice(step.offset, step.offset + step.n)
-        n = step.n
-        g = gates[rows]
-        np.matmul(h[:n], w_hh_t, out=g)
-        g += gates_x[rows]
-        g *= scale
-        np.tanh(g, out=g)
-        g *= scale
-        g += shift
-        i, f, gg, o = _split(g, H)
+    g_np, g_t = _views(gates, walk), _torch_views(gates, walk)
+    i_np, f_np, gg_np, o_np = (_views(block, walk) for block in _blocks(gates, H))
+    c_np, y_np, y_t = _views(cells, walk), _views(y, walk), _torch_views(y, walk)
 
-        c_n = c[:n]
-        c_n *= f
-        t = tmp[:n]
-        np.multiply(i, gg, out=t)
-        c_n += t
-        cells[rows] = c_n
+    for k0, k1, r0, r1 in _chunks(walk, G * dtype.itemsize):
+        np.multiply(gates_x[r0:r1], scale, out=gates[r0:r1])
+        for t, n, prev_t, prev_n in walk.steps[k0:k1]:
+            if prev_t < 0:
+                h_prev = h0_t if n == B else h0_t[:n]
+                c_prev = c0[:n]
+            elif prev_n >= n:
+                h_prev = y_t[prev_t] if prev_n == n else y_t[prev_t][:n]
+                c_prev = c_np[prev_t][:n]
+            else:
+                # Reverse direction of a packed batch: rows prev_n..n-1 start here from h0 / c0.
+                if h_mix is None:
+                    h_mix, c_mix = np.empty_like(h0), np.empty_like(c0)
+                h_mix[:prev_n], h_mix[prev_n:n] = y_np[prev_t], h0[prev_n:n]
+                c_mix[:prev_n], c_mix[prev_n:n] = c_np[prev_t], c0[prev_n:n]
+                h_prev, c_prev = torch.from_numpy(h_mix[:n]), c_mix[:n]
 
-        np.tanh(c_n, out=t)
-        t *= o
-        if w_hr_t is None:
-            h[:n] = t
-        else:
-            np.matmul(t, w_hr_t, out=h[:n])
-        y[rows] = h[:n]
-    return y, h, c, gates, cells
+            g = g_np[t]
+            g_t[t].addmm_(h_prev, w_t)
+            np.tanh(g, out=g)
+            g *= scale
+            g += shift
+
+            c = c_np[t]
+            np.multiply(c_prev, f_np[t], out=c)
+            t1 = tmp if n == B else tmp[:n]
+            np.multiply(i_np[t], gg_np[t], out=t1)
+            c += t1
+            np.tanh(c, out=t1)
+            if w_hr_t is None:
+                np.multiply(t1, o_np[t], out=y_np[t])
+            else:
+                t1 *= o_np[t]
+                torch.mm(tmp_t if n == B else tmp_t[:n], w_hr_t, out=y_t[t])
+
+    h_n, c_n = h0.copy(), c0.copy()
+    for t, b0, b1 in _final_rows(walk):
+        h_n[b0:b1] = y_np[t][b0:b1]
+        c_n[b0:b1] = c_np[t][b0:b1]
+    return y, h_n, c_n, gates, cells
 
 
-def _previous_rows(
-    history: np.ndarray, initial: np.ndarray, step: Step, out: np.ndarray
-) -> np.ndarray:
-    """The state each active row of `step` started from: [n, features].
+def _gate_derivatives(
+    gates: np.ndarray, cells: np.ndarray, c0: np.ndarray, pieces, rows: slice,
+    d_gates: np.ndarray, a_coef: np.ndarray, r: np.ndarray | None,
+) -> None:
+    """Everything of the backward that does not depend on the incoming gradient, for `rows`.
 
-    A view into `history` (outputs of the previous step) where possible; rows that had no
-    previous step (the first step, or sequences the reverse direction starts late) read
-    `initial`. Only that mixed case copies, into `out`.
+    Writes into d_gates[rows] the factors that turn (dc, dc, dc, dr) into the four gate
+    pre-activation gradients: i(1-i)g, f(1-f)c_prev, (1-g^2)i, o(1-o)tanh(c); into a_coef[rows]
+    the factor turning dr into dc, o(1-tanh(c)^2); and into r[rows] (with projection) o*tanh(c).
     """
-    n = step.n
-    if step.prev_offset < 0:
-        return initial[:n]
-    if step.prev_n >= n:
-        return history[step.prev_offset : step.prev_offset + n]
-    m = step.prev_n
-    buf = out[:n]
-    buf[:m] = history[step.prev_offset : step.prev_offset + m]
-    buf[m:] = initial[m:n]
-    return buf
+    H = cells.shape[1]
+    s, d, a = gates[rows], d_gates[rows], a_coef[rows]
+    i, f, g, o = _blocks(s, H)
+    di, df, dg, do = _blocks(d, H)
+    np.tanh(cells[rows], out=a)
+    if r is not None:
+        np.multiply(o, a, out=r[rows])
+    np.subtract(1.0, s, out=d)
+    d *= s
+    do *= a
+    di *= g
+    for row, src, length, initial in pieces:
+        local = slice(row - rows.start, row - rows.start + length)
+        df[local] *= (c0 if initial else cells)[src : src + length]
+    np.multiply(g, g, out=dg)
+    np.subtract(1.0, dg, out=dg)
+    dg *= i
+    np.multiply(a, a, out=a)
+    np.subtract(1.0, a, out=a)
+    a *= o
 
 
 def lstm_backward(
@@ -149,69 +301,63 @@ def lstm_backward(
     N, G = gates.shape
     H = G // 4
     B, P = h0.shape
+    walk = _walk(batch_sizes, N, B, reverse)
 
-    tanh_c = np.tanh(cells)
-    d_gates = np.empty((N, G), dtype=dtype)
-    h_prev = np.empty((N, P), dtype=dtype)
-    dh = np.array(grad_hn, dtype=dtype, copy=True)
+    # dh of every step, completed in place: grad_y, plus grad_hn where a sequence ends, plus
+    # (in the loop) what flows back from the step processed after it. With projection this is
+    # also the gradient of the projection's output, which d_w_hr needs.
+    dh = np.array(grad_y, dtype=dtype, copy=True)
+    d_h0 = np.array(grad_hn, dtype=dtype, copy=True)
     dc = np.array(grad_cn, dtype=dtype, copy=True)
-    d_out_all = np.empty((N, P), dtype=dtype) if w_hr is not None else None
+    d_gates = np.empty((N, G), dtype=dtype)
+    a_coef = np.empty((N, H), dtype=dtype)
+    r = None if w_hr is None else np.empty((N, H), dtype=dtype)
+    tmp = np.empty((B, H), dtype=dtype)
     dr_buf = np.empty((B, H), dtype=dtype)
-    t1 = np.empty((B, H), dtype=dtype)
-    mixed = np.empty((B, max(H, P)), dtype=dtype)
 
-    for step in reversed(step_schedule(batch_sizes, N, B, reverse)):
-        rows = slice(step.offset, step.offset + step.n)
-        n = step.n
-        dh_n = dh[:n]
-        dh_n += grad_y[rows]
-        if w_hr is None:
-            dr = dh_n
-        else:
-            d_out_all[rows] = dh_n
-            dr = dr_buf[:n]
-            np.matmul(dh_n, w_hr, out=dr)
+    dh_np, dh_t = _views(dh, walk), _torch_views(dh, walk)
+    for t, b0, b1 in _final_rows(walk):
+        dh_np[t][b0:b1] += grad_hn[b0:b1]
+    dg_t = _torch_views(d_gates, walk)
+    d3_np = _views(d_gates.reshape(N, 4, H)[:, :3], walk)
+    do_np = _views(d_gates[:, 3 * H :], walk)
+    f_np, a_np = _views(gates[:, H : 2 * H], walk), _views(a_coef, walk)
+    w_t, d_h0_t, dr_t = torch.from_numpy(w_hh), torch.from_numpy(d_h0), torch.from_numpy(dr_buf)
+    w_hr_t = None if w_hr is None else torch.from_numpy(w_hr)
 
-        i, f, g, o = _split(gates[rows], H)
-        di, df, dg, do = _split(d_gates[rows], H)
-        tc = tanh_c[rows]
-        dc_n = dc[:n]
-        t = t1[:n]
+    for k0, k1, r0, r1 in reversed(_chunks(walk, G * dtype.itemsize)):
+        _gate_derivatives(gates, cells, c0, _previous_pieces(walk, range(k0, k1)),
+                          slice(r0, r1), d_gates, a_coef, r)
+        for t, n, prev_t, prev_n in reversed(walk.steps[k0:k1]):
+            if w_hr_t is None:
+                dr = dh_np[t]
+            else:
+                dr = dr_buf if n == B else dr_buf[:n]
+                torch.mm(dh_t[t], w_hr_t, out=dr_t if n == B else dr_t[:n])
+            dc_n = dc if n == B else dc[:n]
+            t1 = tmp if n == B else tmp[:n]
+            np.multiply(dr, a_np[t], out=t1)
+            dc_n += t1
+            np.multiply(d3_np[t], dc_n[:, None, :], out=d3_np[t])
+            np.multiply(do_np[t], dr, out=do_np[t])
+            dc_n *= f_np[t]
+            # Flow into the previous step's dh (or d_h0 for rows that start here).
+            dg = dg_t[t]
+            if prev_t < 0:
+                torch.mm(dg, w_t, out=d_h0_t if n == B else d_h0_t[:n])
+            elif prev_n >= n:
+                (dh_t[prev_t] if prev_n == n else dh_t[prev_t][:n]).addmm_(dg, w_t)
+            else:
+                dh_t[prev_t].addmm_(dg[:prev_n], w_t)
+                torch.mm(dg[prev_n:], w_t, out=d_h0_t[prev_n:n])
 
-        # h = o * tanh(c): gradients into the o gate and the cell.
-        np.multiply(dr, tc, out=do)
-        np.multiply(tc, tc, out=t)
-        np.subtract(1.0, t, out=t)
-        t *= o
-        t *= dr
-        dc_n += t
-        # do_pre = do * o * (1 - o)
-        np.subtract(1.0, o, out=t)
-        t *= o
-        do *= t
-
-        # c = f * c_prev + i * g
-        c_prev = _previous_rows(cells, c0, step, mixed[:, :H])
-        np.multiply(dc_n, c_prev, out=df)
-        np.subtract(1.0, f, out=t)
-        t *= f
-        df *= t
-        np.multiply(dc_n, g, out=di)
-        np.subtract(1.0, i, out=t)
-        t *= i
-        di *= t
-        np.multiply(dc_n, i, out=dg)
-        np.multiply(g, g, out=t)
-        np.subtract(1.0, t, out=t)
-        dg *= t
-        dc_n *= f
-
-        h_prev[rows] = _previous_rows(y, h0, step, mixed[:, :P])
-        np.matmul(d_gates[rows], w_hh, out=dh_n)
-
-    d_w_hh = d_gates.T @ h_prev
-    d_w_hr = None
-    if w_hr is not None:
-        tanh_c *= gates[:, 3 * H :]
-        d_w_hr = d_out_all.T @ tanh_c
-    return d_gates, d_w_hh, d_w_hr, dh, dc
+    with stage("weight_grad_gemm"):
+        d_w_hh = np.zeros((G, P), dtype=dtype)
+        d_w_hh_t, d_gates_t = torch.from_numpy(d_w_hh), torch.from_numpy(d_gates)
+        y_t, h0_t = torch.from_numpy(y), torch.from_numpy(h0)
+        for row, src, length, initial in _previous_pieces(walk, range(len(walk.steps))):
+            d_w_hh_t.addmm_(d_gates_t[row : row + length].T, (h0_t if initial else y_t)[src : src + length])
+        d_w_hr = None
+        if r is not None:
+            d_w_hr = (torch.from_numpy(dh).T @ torch.from_numpy(r)).numpy()
+    return d_gates, d_w_hh, d_w_hr, d_h0, dc
