@@ -1,0 +1,47 @@
+"""Smoke tests of scripts/bench.py and scripts/profile_lstm.py on tiny shapes (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_bench_times_one_tiny_shape_and_writes_results(tmp_path):
+    result = _run([str(SCRIPTS / "bench.py"), "--shape", "4,2,3,5", "--repeats", "3", "--budget", "0.05",
+                   "--threads", "1", "--out", str(tmp_path)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "bench_custom_cpu.json").read_text())
+    assert {row["mode"] for row in data["rows"]} == {"inference", "train_fwd", "train_fwd_bwd"}
+    assert all(row["ours_ms"] > 0 and row["nn_ms"] > 0 and row["cells_ms"] > 0 for row in data["rows"])
+    assert data["rows"][0]["max_rel_diff"] < 1e-4
+    assert (tmp_path / "bench_custom_cpu.csv").exists() and (tmp_path / "bench_custom_cpu.md").exists()
+
+
+def test_profile_default_model_writes_trace_and_stage_summary(tmp_path):
+    result = _run([str(SCRIPTS / "profile_lstm.py"), "--size", "6,2,3,4", "--steps", "1", "--threads", "1",
+                   "--out", str(tmp_path)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "recurrence" in result.stdout and "weight_grad_gemm" in result.stdout
+    assert json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    assert "Self CPU" in (tmp_path / "key_averages.txt").read_text()
+
+
+def test_profile_user_model_after_replace_lstm(tmp_path):
+    (tmp_path / "user_model.py").write_text(
+        "import torch\n"
+        "def make():\n"
+        "    return torch.nn.LSTM(3, 4, bidirectional=True), (torch.randn(5, 2, 3),)\n"
+    )
+    result = _run([str(SCRIPTS / "profile_lstm.py"), "--model", "user_model:make", "--steps", "1",
+                   "--threads", "1", "--out", str(tmp_path / "prof")], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "backward_recurrence" in result.stdout
+    assert "lstm_ext::recurrence" in (tmp_path / "prof" / "key_averages.txt").read_text()
