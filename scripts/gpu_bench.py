@@ -24,9 +24,9 @@ from unittest import mock
 
 import torch
 from torch import nn
-from torch_lstm_ext.triton_kernels import recurrence
 
 import torch_lstm_ext
+from torch_lstm_ext.triton_kernels import recurrence
 
 # (T, B, input, hidden): persistent for bf16 / fp32, per-step, and a larger per-step shape.
 GPU_SHAPES = [(64, 32, 32, 32), (64, 64, 128, 128), (32, 128, 512, 512)]

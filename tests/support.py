@@ -41,7 +41,7 @@ def outputs_and_grads(module: nn.Module, input, hx=None, seed: int = 0):
     output, (h_n, c_n) = module(input) if hx is None else module(input, hx)
     out = output.data if isinstance(output, nn.utils.rnn.PackedSequence) else output
     gen = torch.Generator().manual_seed(seed)
-    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in (out, h_n, c_n))
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device)).sum() for t in (out, h_n, c_n))
     leaves = {f"param.{name}": p for name, p in module.named_parameters()}
     data = input.data if isinstance(input, nn.utils.rnn.PackedSequence) else input
     if data.requires_grad:

@@ -22,6 +22,9 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 import torch
 import triton
 import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
 from torch_lstm_ext.triton_kernels import (
     persistent_backward,
     persistent_forward,
@@ -30,8 +33,6 @@ from torch_lstm_ext.triton_kernels import (
 )
 from torch_lstm_ext.triton_kernels.dispatch import choose_kernel
 from torch_lstm_ext.triton_kernels.tuning import MAX_BATCH_BLOCK, feature_block
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 pytestmark = pytest.mark.skipif(not PTXAS.exists(), reason="Triton's bundled ptxas is missing")

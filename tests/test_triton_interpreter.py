@@ -20,12 +20,12 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 import torch
 from support import assert_same_results, outputs_and_grads, twin_lstms
 from torch.nn.utils.rnn import pack_sequence
-from torch_lstm_ext.triton_kernels import buffers, recurrence
-from torch_lstm_ext.triton_kernels.dispatch import choose_kernel
 from triton_support import assert_matches_reference, make_case, run_kernel, run_op
 
 from torch_lstm_ext import triton_kernels
 from torch_lstm_ext.config import BACKEND_ENV
+from torch_lstm_ext.triton_kernels import buffers, recurrence
+from torch_lstm_ext.triton_kernels.dispatch import choose_kernel
 
 pytestmark = pytest.mark.interpreter
 

@@ -8,49 +8,20 @@ draw the same masks.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from torch_lstm_ext.autograd import lstm_layer
-from torch_lstm_ext.variant_reference import LN_EPS
+from torch_lstm_ext.checkpoint import checkpointed_layer
+from torch_lstm_ext.projection import LayerWeights, input_projection
 from torch_lstm_ext.variants import VariantConfig, zoneout_weights
 
 PLAIN = VariantConfig()
 
 
-class LayerWeights(NamedTuple):
-    """One layer, one direction. w_ih [4H, I_layer], w_hh [4H, P], biases [4H], w_hr [P, H];
-    variant parameters (None when off): peephole [3, H] (w_ci, w_cf, w_co), ln_ih / ln_hh [4H]
-    layer-norm gains, ln_c [2, H] (gain, bias)."""
-
-    w_ih: Tensor
-    w_hh: Tensor
-    b_ih: Tensor | None
-    b_hh: Tensor | None
-    w_hr: Tensor | None
-    peephole: Tensor | None = None
-    ln_ih: Tensor | None = None
-    ln_hh: Tensor | None = None
-    ln_c: Tensor | None = None
-
-
-def input_projection(x: Tensor, w: LayerWeights) -> Tensor:
-    """x [..., I] -> gate pre-activations from the input [..., 4H], both biases included.
-
-    With layer norm: LN(x @ W_ih^T) * ln_ih + b_ih + b_hh (LN over the 4H block, gain only).
-    """
-    bias = None if w.b_ih is None else w.b_ih + w.b_hh
-    if w.ln_ih is None:
-        return F.linear(x, w.w_ih, bias)
-    projected = F.linear(x, w.w_ih)
-    return F.layer_norm(projected, projected.shape[-1:], w.ln_ih, bias, eps=LN_EPS)
-
-
-def recurrence(
-    gates_x: Tensor,
+def run_layer(
+    x: Tensor,
     w: LayerWeights,
     h0: Tensor,
     c0: Tensor,
@@ -59,20 +30,21 @@ def recurrence(
     variants: VariantConfig,
     training: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """One layer and direction after its input projection: (y, h_n, c_n).
+    """One layer and direction: x [T, B, I] or packed [N, I] -> (y, h_n, c_n).
 
     Draws this layer's random variant masks from torch's RNG, in this order: the weight_hh
     DropConnect mask, the cell zoneout mask [..., H], the hidden zoneout mask [..., P].
     """
-    w_hh = w.w_hh
     if variants.weight_dropout and training:
-        w_hh = F.dropout(w_hh, variants.weight_dropout, training=True)
-    lead = gates_x.shape[:-1]
-    zoneout_c = zoneout_weights(variants.zoneout_cell, (*lead, c0.shape[-1]), gates_x, training)
-    zoneout_h = zoneout_weights(variants.zoneout_hidden, (*lead, h0.shape[-1]), gates_x, training)
+        w = w._replace(w_hh=F.dropout(w.w_hh, variants.weight_dropout, training=True))
+    lead = x.shape[:-1]
+    zoneout_c = zoneout_weights(variants.zoneout_cell, (*lead, c0.shape[-1]), x, training)
+    zoneout_h = zoneout_weights(variants.zoneout_hidden, (*lead, h0.shape[-1]), x, training)
+    if variants.checkpoint:
+        return checkpointed_layer(x, w, h0, c0, batch_sizes, reverse, zoneout_c, zoneout_h, variants)
     return lstm_layer(
-        gates_x, w_hh, w.w_hr, h0, c0, batch_sizes, reverse, w.peephole, w.ln_hh, w.ln_c,
-        zoneout_c, zoneout_h, variants.cell_clip, variants.grad_clip,
+        input_projection(x, w), w.w_hh, w.w_hr, h0, c0, batch_sizes, reverse, w.peephole, w.ln_hh,
+        w.ln_c, zoneout_c, zoneout_h, variants.cell_clip, variants.grad_clip,
     )
 
 
@@ -106,9 +78,8 @@ def lstm(
         for direction in range(directions):
             index = layer * directions + direction
             w = weights[index]
-            y, h, c = recurrence(
-                input_projection(layer_input, w), w, h0[index], c0[index], batch_sizes,
-                direction == 1, variants, training,
+            y, h, c = run_layer(
+                layer_input, w, h0[index], c0[index], batch_sizes, direction == 1, variants, training
             )
             outputs.append(y)
             h_n.append(h)

@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from torch_lstm_ext import functional
 from torch_lstm_ext.autograd import lstm_layer
+from torch_lstm_ext.projection import LayerWeights
 from torch_lstm_ext.validation import check_lstm_config, check_lstm_forward_args
 from torch_lstm_ext.variants import VariantConfig, variant_parameter_shapes
 
@@ -155,14 +156,14 @@ class LSTM(nn.Module):
             s += f", {name}={getattr(self.variants, name)}"
         return s
 
-    def _layer_weights(self) -> list[functional.LayerWeights]:
+    def _layer_weights(self) -> list[LayerWeights]:
         def get(name: str) -> Tensor:
             return getattr(self, name)
 
         v = self.variants
         result = []
         for suffix in self._suffixes():
-            result.append(functional.LayerWeights(
+            result.append(LayerWeights(
                 get("weight_ih_" + suffix),
                 get("weight_hh_" + suffix),
                 get("bias_ih_" + suffix) if self.bias else None,

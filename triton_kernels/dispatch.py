@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+
 from torch_lstm_ext.triton_kernels.tuning import feature_block
 
 Kernel = Literal["step", "persistent"]

@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
 from torch_lstm_ext.triton_kernels.buffers import kernel_output
 from torch_lstm_ext.triton_kernels.persistent_forward import BLOCK_B, NUM_WARPS
 from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, tanh

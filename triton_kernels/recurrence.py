@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
 from torch_lstm_ext.triton_kernels.dispatch import Kernel, choose_kernel
 from torch_lstm_ext.triton_kernels.float64 import float64_backward, float64_forward
 from torch_lstm_ext.triton_kernels.layout import Layout, index_tensor

@@ -1,0 +1,38 @@
+"""One layer's weights and its input projection (the GEMM over the whole sequence)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from torch_lstm_ext.variant_reference import LN_EPS
+
+
+class LayerWeights(NamedTuple):
+    """One layer, one direction. w_ih [4H, I_layer], w_hh [4H, P], biases [4H], w_hr [P, H];
+    variant parameters (None when off): peephole [3, H] (w_ci, w_cf, w_co), ln_ih / ln_hh [4H]
+    layer-norm gains, ln_c [2, H] (gain, bias)."""
+
+    w_ih: Tensor
+    w_hh: Tensor
+    b_ih: Tensor | None
+    b_hh: Tensor | None
+    w_hr: Tensor | None
+    peephole: Tensor | None = None
+    ln_ih: Tensor | None = None
+    ln_hh: Tensor | None = None
+    ln_c: Tensor | None = None
+
+
+def input_projection(x: Tensor, w: LayerWeights) -> Tensor:
+    """x [..., I] -> gate pre-activations from the input [..., 4H], both biases included.
+
+    With layer norm: LN(x @ W_ih^T) * ln_ih + b_ih + b_hh (LN over the 4H block, gain only).
+    """
+    bias = None if w.b_ih is None else w.b_ih + w.b_hh
+    if w.ln_ih is None:
+        return F.linear(x, w.w_ih, bias)
+    projected = F.linear(x, w.w_ih)
+    return F.layer_norm(projected, projected.shape[-1:], w.ln_ih, bias, eps=LN_EPS)
