@@ -1,7 +1,8 @@
 """torch_lstm_ext: a fast, compile-friendly drop-in replacement for torch.nn.LSTM."""
 
+from torch_lstm_ext import init
 from torch_lstm_ext.autograd import LSTMFunction, lstm_layer
 from torch_lstm_ext.module import LSTM, LSTMCell
 from torch_lstm_ext.replace import replace_lstm
 
-__all__ = ["LSTM", "LSTMCell", "LSTMFunction", "lstm_layer", "replace_lstm"]
+__all__ = ["LSTM", "LSTMCell", "LSTMFunction", "init", "lstm_layer", "replace_lstm"]
