@@ -67,3 +67,16 @@ def test_checkpoint_refuses_double_backward_clearly():
     x = torch.randn(5, 1, 2, dtype=torch.float64, requires_grad=True)
     with pytest.raises(RuntimeError, match="second-order gradients"):
         torch.autograd.grad(module(x)[0].sum(), x, create_graph=True)
+
+
+def test_checkpoint_compiles_fullgraph():
+    torch.manual_seed(0)
+    module = torch_lstm_ext.LSTM(3, 6, num_layers=2, layer_norm=True, checkpoint=True)
+    x = torch.randn(40, 2, 3, requires_grad=True)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    results = []
+    for m in (module, compiled):
+        out, (h_n, c_n) = m(x)
+        results.append((out, *torch.autograd.grad(out.pow(2).sum() + h_n.sum(), [x, *module.parameters()])))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

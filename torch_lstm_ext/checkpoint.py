@@ -4,9 +4,9 @@ The forward runs the layer segment by segment (about sqrt(T) steps each) under n
 only the input, the output and the (h, c) state at each segment's start. The backward walks the
 segments in reverse: it recomputes the segment's input projection and gates with the same ops
 (the same masks, which were drawn once before the forward), runs the recurrence backward from
-the gradient flowing in at the segment's end, and pushes the projection's gradient through torch
-autograd. The whole layer is inside, so neither the [N, 4H] gate pre-activations nor the saved
-gates outlive a segment.
+the gradient flowing in at the segment's end, and then the projection's backward, written out
+(torch.compile cannot trace autograd.grad inside a backward). The whole layer is inside, so
+neither the [N, 4H] gate pre-activations nor the saved gates outlive a segment.
 
 Outputs equal the stored-activation path bitwise on CPU: the recurrence runs the same kernel
 per step, and the input GEMM over a block of rows gives the same bits as over the whole
@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from torch_lstm_ext.projection import LayerWeights, input_projection
+from torch_lstm_ext.projection import LayerWeights, input_projection, input_projection_backward
 from torch_lstm_ext.variants import VariantConfig
 
 
@@ -103,45 +103,40 @@ class CheckpointedLayer(torch.autograd.Function):
         x, batch_sizes, zoneout_c, zoneout_h, *rest = ctx.saved_tensors
         w = LayerWeights(*rest[:9])
         starts = rest[9:]
-        # Which projection inputs need a gradient: x, w_ih, b_ih, b_hh, ln_ih.
-        proj_inputs = {"x": x, "w_ih": w.w_ih, "b_ih": w.b_ih, "b_hh": w.b_hh, "ln_ih": w.ln_ih}
-        grads: dict[str, Tensor | None] = {name: None for name in proj_inputs}
-        rec_grads: list[Tensor | None] = [None] * 5  # w_hh, w_hr, peephole, ln_hh, ln_c
-        dx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        dx = torch.empty_like(x)
+        sums: dict[str, Tensor] = {}  # weight gradients summed over the segments
+
+        def add(name: str, grad: Tensor | None) -> None:
+            if grad is not None and grad.numel():
+                sums[name] = grad if name not in sums else sums[name] + grad
+
         dh, dc = grad_hn.contiguous(), grad_cn.contiguous()
         for k in reversed(range(len(ctx.segs))):
             seg = ctx.segs[k]
             h_start, c_start = starts[2 * k], starts[2 * k + 1]
             sizes = None if batch_sizes is None else batch_sizes[seg.t0 : seg.t1]
-            with torch.enable_grad():
-                leaves = {n: t.detach().requires_grad_() for n, t in proj_inputs.items() if t is not None}
-                leaves["x"] = x[seg.lo : seg.hi].detach().requires_grad_()
-                projection_weights = {n: leaves[n] for n in ("w_ih", "b_ih", "b_hh", "ln_ih") if n in leaves}
-                gates_x = input_projection(leaves["x"], w._replace(**projection_weights))
+            x_seg = x[seg.lo : seg.hi]
             variant_args = _recurrence_args(w, zoneout_c, zoneout_h, seg, ctx.variants)
             y, _, _, gates, cells = torch.ops.torch_lstm_ext.lstm_fwd(
-                gates_x.detach(), w.w_hh, w.w_hr, h_start, c_start, sizes, ctx.reverse, *variant_args
+                input_projection(x_seg, w), w.w_hh, w.w_hr, h_start, c_start, sizes, ctx.reverse,
+                *variant_args,
             )
-            d_gates_x, d_w_hh, d_w_hr, dh, dc, d_peep, d_ln_hh, d_ln_c = torch.ops.torch_lstm_ext.lstm_bwd(
+            grads = torch.ops.torch_lstm_ext.lstm_bwd(
                 grad_y[seg.lo : seg.hi].contiguous(), dh, dc, w.w_hh, w.w_hr, h_start, c_start, sizes,
                 ctx.reverse, y, gates, cells, *variant_args, ctx.variants.grad_clip,
             )
-            for i, g in enumerate((d_w_hh, d_w_hr, d_peep, d_ln_hh, d_ln_c)):
-                if g.numel():
-                    rec_grads[i] = g if rec_grads[i] is None else rec_grads[i] + g
-            names = list(leaves)
-            found = torch.autograd.grad(gates_x, [leaves[n] for n in names], d_gates_x, allow_unused=True)
-            for name, g in zip(names, found):
-                if g is None:
-                    continue
-                if name == "x":
-                    if dx is not None:
-                        dx[seg.lo : seg.hi] = g
-                else:
-                    grads[name] = g if grads[name] is None else grads[name] + g
-        d_w_hh, d_w_hr, d_peep, d_ln_hh, d_ln_c = rec_grads
-        weight_grads = (grads["w_ih"], d_w_hh, grads["b_ih"], grads["b_hh"], d_w_hr, d_peep,
-                        grads["ln_ih"], d_ln_hh, d_ln_c)
+            d_gates_x, d_w_hh, d_w_hr, dh, dc, d_peep, d_ln_hh, d_ln_c = grads
+            projection = input_projection_backward(x_seg, w, d_gates_x)
+            dx[seg.lo : seg.hi] = projection.x
+            for name, grad in (
+                ("w_ih", projection.w_ih), ("bias", projection.bias), ("ln_ih", projection.ln_ih),
+                ("w_hh", d_w_hh), ("w_hr", d_w_hr), ("peephole", d_peep),
+                ("ln_hh", d_ln_hh), ("ln_c", d_ln_c),
+            ):
+                add(name, grad)
+        bias = sums.get("bias")
+        weight_grads = (sums.get("w_ih"), sums.get("w_hh"), bias, bias, sums.get("w_hr"),
+                        sums.get("peephole"), sums.get("ln_ih"), sums.get("ln_hh"), sums.get("ln_c"))
         return (dx, dh, dc, None, None, None, None, None, *weight_grads)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -36,3 +37,31 @@ def input_projection(x: Tensor, w: LayerWeights) -> Tensor:
         return F.linear(x, w.w_ih, bias)
     projected = F.linear(x, w.w_ih)
     return F.layer_norm(projected, projected.shape[-1:], w.ln_ih, bias, eps=LN_EPS)
+
+
+class ProjectionGrads(NamedTuple):
+    """Gradients of input_projection: x [..., I], w_ih [4H, I], bias [4H] (the gradient of
+    b_ih and of b_hh alike; None without bias), ln_ih [4H] (None without layer norm)."""
+
+    x: Tensor
+    w_ih: Tensor
+    bias: Tensor | None
+    ln_ih: Tensor | None
+
+
+def input_projection_backward(x: Tensor, w: LayerWeights, d_gates_x: Tensor) -> ProjectionGrads:
+    """The backward of input_projection written out, so checkpointing needs no autograd.grad
+    inside a backward (which torch.compile cannot trace). d_gates_x: [..., 4H]."""
+    x2 = x.reshape(-1, x.shape[-1])
+    d_out = d_gates_x.reshape(-1, d_gates_x.shape[-1])
+    d_bias = None if w.b_ih is None else d_out.sum(0)
+    d_ln = None
+    if w.ln_ih is not None:
+        projected = x2 @ w.w_ih.T
+        centered = projected - projected.mean(-1, keepdim=True)
+        rstd = torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + LN_EPS)
+        x_hat = centered * rstd
+        d_ln = (d_out * x_hat).sum(0)
+        d_hat = d_out * w.ln_ih
+        d_out = rstd * (d_hat - d_hat.mean(-1, keepdim=True) - x_hat * (d_hat * x_hat).mean(-1, keepdim=True))
+    return ProjectionGrads((d_out @ w.w_ih).reshape(x.shape), d_out.T @ x2, d_bias, d_ln)
