@@ -9,7 +9,8 @@ that does not; then, per mode (inference forward under no_grad in eval mode, tra
 training forward + backward), it times the implementations interleaved after warm-up and takes
 medians (scripts/bench_measure.py), and measures peak memory of ours and nn.LSTM. On CUDA
 nn.LSTM is cuDNN and ours runs its CUDA backend (Triton). Then a real model's training step
-(scripts/bench_train_step.py). Results: <out>/bench_<grid>_<device>.{csv,json,md,png}.
+(scripts/bench_train_step.py). Results:
+<out>/bench_<grid>_<device>[_<N>threads].{csv,json,md,png}.
 Exit status 1 when a case disagreed.
 """
 
@@ -59,6 +60,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     fast = args.quick or args.grid == "custom"
     args.repeats = args.repeats or (7 if fast else 15)
     args.budget = args.budget or (1.0 if fast else 4.0)
+    args.warmup = 1 if fast else 2
     return args
 
 
@@ -111,7 +113,8 @@ def bench_case(case: Case, args: argparse.Namespace) -> tuple[list[dict], str | 
     for mode in args.modes:
         calls = {name: bench_models.runner(m, x, mode) for name, m in models.items()}
         resets = {name: (lambda m=m: bench_models.reset_grads(m, x)) for name, m in models.items()}
-        medians, rounds = interleaved_medians(calls, resets, args.device, args.repeats, args.budget)
+        medians, rounds = interleaved_medians(calls, resets, args.device, args.repeats, args.budget,
+                                              args.warmup)
         mem = {}
         if not args.no_memory and mode != "train_fwd":
             for name in ("ours", "nn.LSTM"):
@@ -141,13 +144,14 @@ def main(argv: list[str] | None = None) -> int:
             tqdm.write(f"REFUSED {reason}")
     model = None
     if not args.no_model and args.grid != "custom":
-        model = bench_train_step.measure(args.device, args.repeats, 2 * args.budget)
+        model = bench_train_step.measure(args.device, args.repeats, 2 * args.budget, args.warmup)
     meta["load_after"] = os.getloadavg()
     meta["seconds"] = round(time.perf_counter() - started, 1)
     meta["refused"] = refused
 
     summary = bench_report.summarize(rows, model)
-    stem = f"bench_{args.grid}_{args.device}"
+    threads = f"_{torch.get_num_threads()}threads" if args.device == "cpu" else ""
+    stem = f"bench_{args.grid}_{args.device}{threads}"
     paths = bench_report.write(args.out, stem, rows, meta, model, summary)
     png = bench_report.plot(args.out, stem, rows, meta)
     print(f"\n{meta['cpu']}, {meta['cores']} cores, {meta['torch_threads']} torch threads; torch "

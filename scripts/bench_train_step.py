@@ -34,7 +34,7 @@ class CharModel(nn.Module):
         return self.head(out)
 
 
-def measure(device: str, repeats: int, budget_s: float) -> dict:
+def measure(device: str, repeats: int, budget_s: float, warmup: int = 2) -> dict:
     """{'step_ratio', 'after_ratio', and the medians in ms}."""
     torch.manual_seed(0)
     models = {"nn.LSTM": CharModel().to(device)}
@@ -52,7 +52,7 @@ def measure(device: str, repeats: int, budget_s: float) -> dict:
         return run
 
     steps, _ = interleaved_medians({n: step(n) for n in models}, {n: lambda: None for n in models},
-                                   device, repeats, budget_s)
+                                   device, repeats, budget_s, warmup)
 
     features = torch.randn(B * T, HIDDEN, device=device)
     head = models["nn.LSTM"].head
@@ -67,7 +67,7 @@ def measure(device: str, repeats: int, budget_s: float) -> dict:
         head(features).logsumexp(-1).sum().backward()
 
     after, _ = interleaved_medians({n: torch_workload for n in models},
-                                   {n: lstm_fwd_bwd(n) for n in models}, device, repeats, budget_s)
+                                   {n: lstm_fwd_bwd(n) for n in models}, device, repeats, budget_s, warmup)
     return {
         "model": f"Embedding({VOCAB},{EMBED}) + LSTM({EMBED},{HIDDEN},2 layers) + Linear, B{B} T{T}, Adam",
         "step_ours_ms": steps["ours"] * 1e3,

@@ -43,7 +43,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="profiled steps (after 2 warm-up steps)")
     p.add_argument("--inference", action="store_true", help="forward only, no_grad, eval mode")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "profile")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "profile_output")
     return p.parse_args(argv)
 
 

@@ -18,11 +18,11 @@ def test_bench_times_one_tiny_shape_and_writes_results(tmp_path):
     result = _run([str(SCRIPTS / "bench.py"), "--shape", "4,2,3,5", "--repeats", "3", "--budget", "0.05",
                    "--threads", "1", "--out", str(tmp_path)], tmp_path)
     assert result.returncode == 0, result.stderr
-    data = json.loads((tmp_path / "bench_custom_cpu.json").read_text())
+    data = json.loads((tmp_path / "bench_custom_cpu_1threads.json").read_text())
     assert {row["mode"] for row in data["rows"]} == {"inference", "train_fwd", "train_fwd_bwd"}
     assert all(row["ours_ms"] > 0 and row["nn_ms"] > 0 and row["cells_ms"] > 0 for row in data["rows"])
     assert data["rows"][0]["max_rel_diff"] < 1e-4
-    assert (tmp_path / "bench_custom_cpu.csv").exists() and (tmp_path / "bench_custom_cpu.md").exists()
+    assert (tmp_path / "bench_custom_cpu_1threads.csv").exists() and (tmp_path / "bench_custom_cpu_1threads.md").exists()
 
 
 def test_profile_default_model_writes_trace_and_stage_summary(tmp_path):
