@@ -57,12 +57,12 @@ class _Walk(NamedTuple):
     uniform: bool
 
 
-def _walk(batch_sizes: np.ndarray | None, num_rows: int, batch: int, reverse: bool) -> _Walk:
-    if batch_sizes is None:
+def _walk(packed_sizes: tuple[int, ...] | None, num_rows: int, batch: int, reverse: bool) -> _Walk:
+    if packed_sizes is None:
         steps = num_rows // batch if batch else 0
         sizes, offsets = [batch] * steps, list(range(0, steps * batch, batch))
     else:
-        sizes = batch_sizes.tolist()
+        sizes = list(packed_sizes)
         offsets = [0, *itertools.accumulate(sizes[:-1])] if sizes else []
     order = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))
     steps = []
@@ -70,7 +70,7 @@ def _walk(batch_sizes: np.ndarray | None, num_rows: int, batch: int, reverse: bo
     for t in order:
         steps.append(_Step(t, sizes[t], prev_t, prev_n))
         prev_t, prev_n = t, sizes[t]
-    return _Walk(sizes, offsets, steps, batch_sizes is None)
+    return _Walk(sizes, offsets, steps, packed_sizes is None)
 
 
 def _views(a: np.ndarray, walk: _Walk) -> list[np.ndarray]:
@@ -145,6 +145,32 @@ def _final_rows(walk: _Walk) -> list[tuple[int, int, int]]:
     return ends
 
 
+class _Plan(NamedTuple):
+    """Everything about a call that depends only on the shapes: the walk, its chunks with the
+    previous-state pieces of each, the pieces of the whole sequence, and where states end."""
+
+    walk: _Walk
+    chunks: list[tuple[int, int, int, int]]
+    chunk_pieces: list[list[tuple[int, int, int, bool]]]
+    pieces: list[tuple[int, int, int, bool]]
+    final_rows: list[tuple[int, int, int]]
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_plan(packed_sizes: tuple[int, ...] | None, num_rows: int, batch: int, reverse: bool,
+                 row_bytes: int) -> _Plan:
+    walk = _walk(packed_sizes, num_rows, batch, reverse)
+    chunks = _chunks(walk, row_bytes)
+    return _Plan(walk, chunks, [_previous_pieces(walk, range(k0, k1)) for k0, k1, _, _ in chunks],
+                 _previous_pieces(walk, range(len(walk.steps))), _final_rows(walk))
+
+
+def _plan(batch_sizes: np.ndarray | None, num_rows: int, batch: int, reverse: bool, row_bytes: int) -> _Plan:
+    """The (cached: a training loop repeats its shapes) plan of one call; treat it as read-only."""
+    packed = None if batch_sizes is None else tuple(batch_sizes.tolist())
+    return _cached_plan(packed, num_rows, batch, reverse, row_bytes)
+
+
 @functools.lru_cache(maxsize=64)
 def _gate_affine(hidden_size: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """Per-column scale and shift turning tanh into sigmoid for the i, f, o blocks (read-only)."""
@@ -180,7 +206,8 @@ def lstm_forward(
     N, G = gates_x.shape
     H = G // 4
     B, P = h0.shape
-    walk = _walk(batch_sizes, N, B, reverse)
+    plan = _plan(batch_sizes, N, B, reverse, G * dtype.itemsize)
+    walk = plan.walk
     scale, shift = _gate_affine(H, dtype)
 
     y = np.empty((N, P), dtype=dtype)
@@ -198,7 +225,7 @@ def lstm_forward(
     i_np, f_np, gg_np, o_np = (_views(block, walk) for block in _blocks(gates, H))
     c_np, y_np, y_t = _views(cells, walk), _views(y, walk), _torch_views(y, walk)
 
-    for k0, k1, r0, r1 in _chunks(walk, G * dtype.itemsize):
+    for k0, k1, r0, r1 in plan.chunks:
         np.multiply(gates_x[r0:r1], scale, out=gates[r0:r1])
         for t, n, prev_t, prev_n in walk.steps[k0:k1]:
             if prev_t < 0:
@@ -234,7 +261,7 @@ def lstm_forward(
                 torch.mm(tmp_t if n == B else tmp_t[:n], w_hr_t, out=y_t[t])
 
     h_n, c_n = h0.copy(), c0.copy()
-    for t, b0, b1 in _final_rows(walk):
+    for t, b0, b1 in plan.final_rows:
         h_n[b0:b1] = y_np[t][b0:b1]
         c_n[b0:b1] = c_np[t][b0:b1]
     return y, h_n, c_n, gates, cells
@@ -301,7 +328,8 @@ def lstm_backward(
     N, G = gates.shape
     H = G // 4
     B, P = h0.shape
-    walk = _walk(batch_sizes, N, B, reverse)
+    plan = _plan(batch_sizes, N, B, reverse, G * dtype.itemsize)
+    walk = plan.walk
 
     # dh of every step, completed in place: grad_y, plus grad_hn where a sequence ends, plus
     # (in the loop) what flows back from the step processed after it. With projection this is
@@ -316,7 +344,7 @@ def lstm_backward(
     dr_buf = np.empty((B, H), dtype=dtype)
 
     dh_np, dh_t = _views(dh, walk), _torch_views(dh, walk)
-    for t, b0, b1 in _final_rows(walk):
+    for t, b0, b1 in plan.final_rows:
         dh_np[t][b0:b1] += grad_hn[b0:b1]
     dg_t = _torch_views(d_gates, walk)
     d3_np = _views(d_gates.reshape(N, 4, H)[:, :3], walk)
@@ -325,9 +353,8 @@ def lstm_backward(
     w_t, d_h0_t, dr_t = torch.from_numpy(w_hh), torch.from_numpy(d_h0), torch.from_numpy(dr_buf)
     w_hr_t = None if w_hr is None else torch.from_numpy(w_hr)
 
-    for k0, k1, r0, r1 in reversed(_chunks(walk, G * dtype.itemsize)):
-        _gate_derivatives(gates, cells, c0, _previous_pieces(walk, range(k0, k1)),
-                          slice(r0, r1), d_gates, a_coef, r)
+    for (k0, k1, r0, r1), pieces in zip(reversed(plan.chunks), reversed(plan.chunk_pieces)):
+        _gate_derivatives(gates, cells, c0, pieces, slice(r0, r1), d_gates, a_coef, r)
         for t, n, prev_t, prev_n in reversed(walk.steps[k0:k1]):
             if w_hr_t is None:
                 dr = dh_np[t]
@@ -355,7 +382,7 @@ def lstm_backward(
         d_w_hh = np.zeros((G, P), dtype=dtype)
         d_w_hh_t, d_gates_t = torch.from_numpy(d_w_hh), torch.from_numpy(d_gates)
         y_t, h0_t = torch.from_numpy(y), torch.from_numpy(h0)
-        for row, src, length, initial in _previous_pieces(walk, range(len(walk.steps))):
+        for row, src, length, initial in plan.pieces:
             d_w_hh_t.addmm_(d_gates_t[row : row + length].T, (h0_t if initial else y_t)[src : src + length])
         d_w_hr = None
         if r is not None:
