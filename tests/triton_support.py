@@ -30,15 +30,20 @@ KERNEL_TOLERANCES = {
 }
 
 FORWARD_NAMES = ("y", "h_n", "c_n", "gates", "cells")
-BACKWARD_NAMES = ("d_gates_x", "d_w_hh", "d_w_hr", "d_h0", "d_c0")
+BACKWARD_NAMES = ("d_gates_x", "d_w_hh", "d_w_hr", "d_h0", "d_c0", "d_peephole", "d_ln_hh_weight", "d_ln_c")
+NO_VARIANTS = (None,) * 6
 
 
 @dataclass
 class Case:
-    """Arguments of lstm_fwd (`forward`) and the upstream gradients (grad_y, grad_hn, grad_cn)."""
+    """Arguments of lstm_fwd (`forward`, then `variants`: peephole, ln_hh_weight, ln_c,
+    zoneout_c, zoneout_h, cell_clip), lstm_bwd's grad_clip, and the upstream gradients
+    (grad_y, grad_hn, grad_cn)."""
 
     forward: tuple
     upstream: tuple[Tensor, Tensor, Tensor]
+    variants: tuple = NO_VARIANTS
+    grad_clip: float | None = None
 
 
 def make_case(
@@ -70,24 +75,57 @@ def make_case(
     return Case(forward, (randn(*rows, P), randn(B, P), randn(B, H)))
 
 
+def with_variants(
+    case: Case, *, peephole: bool = False, layer_norm: bool = False, zoneout: str | None = None,
+    cell_clip: float | None = None, grad_clip: float | None = None, seed: int = 0,
+) -> Case:
+    """`case` with variant inputs: random peephole weights, LN gains / biases away from their
+    init, zoneout weights ('eval': the probabilities 0.3 (cell) / 0.2 (hidden); 'train': 0/1
+    masks drawn with them), in the case's dtype and device."""
+    gates_x, _, _, h0, c0 = case.forward[:5]
+    gen = torch.Generator().manual_seed(seed)
+    H, P = c0.shape[1], h0.shape[1]
+    rows = gates_x.shape[:-1]
+
+    def tensor(t: Tensor) -> Tensor:
+        return t.to(device=gates_x.device, dtype=gates_x.dtype)
+
+    def zoneout_weights(p: float, width: int) -> Tensor:
+        if zoneout == "train":
+            return tensor(torch.bernoulli(torch.full((*rows, width), p), generator=gen))
+        return tensor(torch.full((*rows, width), p))
+
+    variants = (
+        tensor(0.5 * torch.randn(3, H, generator=gen)) if peephole else None,
+        tensor(1 + 0.3 * torch.randn(4 * H, generator=gen)) if layer_norm else None,
+        tensor(torch.stack((1 + 0.3 * torch.randn(H, generator=gen), 0.3 * torch.randn(H, generator=gen))))
+        if layer_norm else None,
+        zoneout_weights(0.3, H) if zoneout else None,
+        zoneout_weights(0.2, P) if zoneout else None,
+        cell_clip,
+    )
+    return Case(case.forward, case.upstream, variants, grad_clip)
+
+
 def _backward_args(case: Case, forward_out) -> tuple:
     gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse = case.forward
     y, _, _, gates, cells = forward_out
-    return (*case.upstream, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates, cells)
+    return (*case.upstream, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates, cells, *case.variants,
+            case.grad_clip)
 
 
 def run_op(case: Case, backend: str, monkeypatch: pytest.MonkeyPatch) -> tuple[tuple, tuple]:
-    """(lstm_fwd outputs, lstm_bwd's first five outputs) through the ops with `backend`."""
+    """(lstm_fwd outputs, lstm_bwd outputs) through the ops with `backend`."""
     with monkeypatch.context() as m:
         m.setenv(BACKEND_ENV, backend)
-        forward_out = torch.ops.torch_lstm_ext.lstm_fwd(*case.forward)
-        backward_out = torch.ops.torch_lstm_ext.lstm_bwd(*_backward_args(case, forward_out))[:5]
+        forward_out = torch.ops.torch_lstm_ext.lstm_fwd(*case.forward, *case.variants)
+        backward_out = torch.ops.torch_lstm_ext.lstm_bwd(*_backward_args(case, forward_out))
     return tuple(forward_out), tuple(backward_out)
 
 
 def run_kernel(case: Case, kernel: str) -> tuple[tuple, tuple]:
     """The same through triton_kernels with the kernel forced ('step' or 'persistent')."""
-    forward_out = triton_kernels.lstm_forward(*case.forward, kernel=kernel)
+    forward_out = triton_kernels.lstm_forward(*case.forward, *case.variants, kernel=kernel)
     backward_out = triton_kernels.lstm_backward(*_backward_args(case, forward_out), kernel=kernel)
     return tuple(forward_out), tuple(backward_out)
 

@@ -65,14 +65,6 @@ def _flat(t: Tensor) -> Tensor:
     return t.reshape(-1, t.shape[-1])
 
 
-def _require_plain(variants: tuple) -> None:
-    if any(v is not None for v in variants):
-        raise NotImplementedError(
-            "the LSTM variants (peephole, layer_norm, zoneout, cell_clip, grad_clip) are not "
-            f"implemented in the Triton kernels yet; use {BACKEND_ENV}=numpy (CPU tensors)"
-        )
-
-
 def _numpy_variants(acc: torch.dtype, peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h,
                     cell_clip, grad_clip=None) -> Variants:
     return Variants(
@@ -109,10 +101,9 @@ def lstm_fwd(
 
 def _lstm_fwd(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse, variants):
     if select_backend(gates_x.device) == "triton":
-        _require_plain(variants)
         from torch_lstm_ext import triton_kernels
 
-        return triton_kernels.lstm_forward(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse)
+        return triton_kernels.lstm_forward(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse, *variants)
 
     acc = compute_dtype(gates_x.dtype)
     args = (
@@ -181,13 +172,11 @@ def lstm_bwd(
 def _lstm_bwd(grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates, cells,
               variants):
     if select_backend(grad_y.device) == "triton":
-        _require_plain(variants)
         from torch_lstm_ext import triton_kernels
 
-        grads = triton_kernels.lstm_backward(
-            grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates, cells
+        return triton_kernels.lstm_backward(
+            grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates, cells, *variants
         )
-        return (*grads, *(w_hh.new_empty(0) for _ in range(3)))
 
     acc = gates.dtype
     args = (

@@ -10,6 +10,11 @@ checks them): fp16 / bf16 weights feed tensor-core dots and spill at most a few 
 64 KiB (H = P = 64 with projection, H = 128 with P = 32); fp32 weights feed IEEE FMA dots, whose
 operand layout holds more copies per thread, and spill past 16 KiB (H = P = 32; H = P = 64 spills
 kilobytes). Speed at the boundary is for scripts/gpu_bench.py to measure.
+
+Any variant (peephole, layer norm, zoneout, cell or gradient clipping) goes to the per-step
+kernels, in their variant form (variant_step_forward.py / variant_step_backward.py) whatever
+the shape: the layer norms reduce over whole rows, which the persistent kernels' loop-carried
+registers would have to hold alongside W_hh, and the variant path should be correct first.
 """
 
 from __future__ import annotations
@@ -30,7 +35,12 @@ def persistent_weight_bytes(hidden: int, out_size: int, has_proj: bool, dtype: t
     return matrices * feature_block(hidden) * feature_block(out_size) * dtype.itemsize
 
 
-def choose_kernel(hidden: int, out_size: int, has_proj: bool, dtype: torch.dtype) -> Kernel:
-    """'persistent' or 'step' for hidden size H, output size P and the storage dtype."""
+def choose_kernel(
+    hidden: int, out_size: int, has_proj: bool, dtype: torch.dtype, has_variants: bool = False
+) -> Kernel:
+    """'persistent' or 'step' for hidden size H, output size P, the storage dtype and whether
+    any variant is on."""
+    if has_variants:
+        return "step"
     fits = persistent_weight_bytes(hidden, out_size, has_proj, dtype) <= PERSISTENT_WEIGHT_BYTES[dtype]
     return "persistent" if fits else "step"

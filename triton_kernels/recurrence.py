@@ -5,6 +5,10 @@ module picks the kernel (dispatch.py), moves packed input to and from the persis
 padded layout, and does the whole-sequence work in torch: the final-state gathers and the weight
 gradients, each ONE GEMM over all rows. float64 goes to float64.py (the NumPy reference via
 host memory), since the kernels compute in fp32.
+
+The variants (peephole, layer norm, zoneout, cell / gradient clipping) run in their own per-step
+kernels (variant_step_forward.py, variant_step_backward.py, variant_backward.py); with every
+variant off, the plain kernels run exactly as before.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from torch_lstm_ext.triton_kernels.persistent_backward import persistent_backwar
 from torch_lstm_ext.triton_kernels.persistent_forward import persistent_forward
 from torch_lstm_ext.triton_kernels.step_backward import step_backward
 from torch_lstm_ext.triton_kernels.step_forward import step_forward
+from torch_lstm_ext.triton_kernels.variant_args import Variants
+from torch_lstm_ext.triton_kernels.variant_backward import variant_backward
+from torch_lstm_ext.triton_kernels.variant_step_forward import variant_step_forward
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -48,11 +55,21 @@ def _final_rows(rows: Tensor, initial: Tensor, active_rows: Tensor) -> Tensor:
     return out
 
 
+def _previous_h(flat_y: Tensor, h0: Tensor, layout: Layout) -> Tensor:
+    """Every row's previous h, [N, P]: y's row of the previous step, or h0."""
+    return torch.cat((flat_y, h0)).index_select(0, index_tensor(layout.previous_rows(), flat_y.device))
+
+
 def _padding(layout: Layout, batch_sizes: Tensor | None, device: torch.device):
     """(lengths int32 [B], packed -> padded row index or None when the input is already padded)."""
     lengths = torch.from_numpy(layout.lengths()).to(device=device, dtype=torch.int32)
     rows = None if batch_sizes is None else index_tensor(layout.padded_rows(), device)
     return lengths, rows
+
+
+def _check_kernel(kernel: Kernel, v: Variants) -> None:
+    if v.on and kernel != "step":
+        raise ValueError(f"the LSTM variants run in the per-step kernels only, not {kernel!r}")
 
 
 def lstm_forward(
@@ -63,22 +80,31 @@ def lstm_forward(
     c0: Tensor,
     batch_sizes: Tensor | None,
     reverse: bool,
+    peephole: Tensor | None = None,
+    ln_hh_weight: Tensor | None = None,
+    ln_c: Tensor | None = None,
+    zoneout_c: Tensor | None = None,
+    zoneout_h: Tensor | None = None,
+    cell_clip: float | None = None,
     *,
     kernel: Kernel | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The recurrence: y [..., P] (gates_x's dtype), h_n [B, P], c_n [B, H], gates [..., 4H] and
-    cells [..., H] (float32), for gates_x [T, B, 4H] or packed [N, 4H]; see ops.py.
+    cells [..., H] (float32), for gates_x [T, B, 4H] or packed [N, 4H]; the variant inputs as
+    ops.py documents them (None: off). See ops.py.
 
     kernel: force 'step' or 'persistent' (tests, benchmarks); None applies dispatch.py's rule.
     """
+    v = Variants.of(peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h, cell_clip)
     if gates_x.dtype == torch.float64:
-        return float64_forward(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse)
+        return float64_forward(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse, v)
     flat = _flat(gates_x)
     w_hh, w_hr, h0, c0 = w_hh.contiguous(), _optional(w_hr), h0.contiguous(), c0.contiguous()
     B, P = h0.shape
     H = c0.shape[1]
     layout = Layout.of(batch_sizes, flat.shape[0], B, reverse)
-    kernel = kernel or choose_kernel(H, P, w_hr is not None, gates_x.dtype)
+    kernel = kernel or choose_kernel(H, P, w_hr is not None, gates_x.dtype, v.on)
+    _check_kernel(kernel, v)
     if kernel == "persistent":
         lengths, padded_rows = _padding(layout, batch_sizes, flat.device)
         num_padded = len(layout.sizes) * B
@@ -87,7 +113,10 @@ def lstm_forward(
         )
         y, gates, cells = (_from_padded(t, padded_rows) for t in (y, gates, cells))
     else:
-        y, gates, cells = step_forward(flat, w_hh, w_hr, h0, c0, layout)
+        if v.on:
+            y, gates, cells = variant_step_forward(flat, w_hh, w_hr, h0, c0, layout, v)
+        else:
+            y, gates, cells = step_forward(flat, w_hh, w_hr, h0, c0, layout)
         last = index_tensor(layout.end_rows(last=True), flat.device)
         h_n = _final_rows(y, h0, last)
         c_n = _final_rows(cells, c0, last)
@@ -108,17 +137,27 @@ def lstm_backward(
     y: Tensor,
     gates: Tensor,
     cells: Tensor,
+    peephole: Tensor | None = None,
+    ln_hh_weight: Tensor | None = None,
+    ln_c: Tensor | None = None,
+    zoneout_c: Tensor | None = None,
+    zoneout_h: Tensor | None = None,
+    cell_clip: float | None = None,
+    grad_clip: float | None = None,
     *,
     kernel: Kernel | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of lstm_forward: d_gates_x [..., 4H] (grad_y's dtype), d_w_hh [4H, P], d_w_hr
-    [P, H] (an empty tensor without projection; both w_hh's dtype), d_h0 [B, P], d_c0 [B, H].
+    [P, H] (an empty tensor without projection), d_h0 [B, P], d_c0 [B, H], and of the variant
+    parameters d_peephole [3, H], d_ln_hh_weight [4H], d_ln_c [2, H] (empty tensors when off;
+    the weights' dtype).
 
     kernel: as for lstm_forward (the backward may use either kernel, whichever the forward used).
     """
+    v = Variants.of(peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h, cell_clip, grad_clip)
     if gates.dtype == torch.float64:
         return float64_backward(grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse,
-                                y, gates, cells)
+                                y, gates, cells, v)
     flat_grad_y, flat_y, flat_gates, flat_cells = (_flat(t) for t in (grad_y, y, gates, cells))
     w_hh, w_hr, h0, c0 = w_hh.contiguous(), _optional(w_hr), h0.contiguous(), c0.contiguous()
     grad_hn = grad_hn.to(h0.dtype).contiguous()
@@ -127,7 +166,12 @@ def lstm_backward(
     H = c0.shape[1]
     device = flat_y.device
     layout = Layout.of(batch_sizes, flat_y.shape[0], B, reverse)
-    kernel = kernel or choose_kernel(H, P, w_hr is not None, grad_y.dtype)
+    kernel = kernel or choose_kernel(H, P, w_hr is not None, grad_y.dtype, v.on)
+    _check_kernel(kernel, v)
+    if v.on:
+        grads = variant_backward(flat_grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, flat_gates, flat_cells,
+                                 _previous_h(flat_y, h0, layout), layout, v)
+        return grads[0].reshape(gates.shape), *grads[1:]
     if kernel == "persistent":
         lengths, padded_rows = _padding(layout, batch_sizes, device)
         num_padded = len(layout.sizes) * B
@@ -149,11 +193,12 @@ def lstm_backward(
 
     # The weight gradients: one fp32 GEMM each over all rows of the sequence.
     acc = torch.float32
-    h_prev = torch.cat((flat_y, h0)).index_select(0, index_tensor(layout.previous_rows(), device))
+    h_prev = _previous_h(flat_y, h0, layout)
     d_w_hh = (d_gates.to(acc).T @ h_prev.to(acc)).to(w_hh.dtype)
     if w_hr is None:
         d_w_hr = w_hh.new_empty(0)
     else:
         r = flat_gates[:, 3 * H :] * torch.tanh(flat_cells)
         d_w_hr = (d_out.T @ r).to(w_hh.dtype)
-    return d_gates.reshape(gates.shape), d_w_hh, d_w_hr, d_h0, d_c0
+    no_variants = (w_hh.new_empty(0) for _ in range(3))
+    return d_gates.reshape(gates.shape), d_w_hh, d_w_hr, d_h0, d_c0, *no_variants

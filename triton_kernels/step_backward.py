@@ -33,7 +33,7 @@ def _gate_grad_dot(d_gates_ptr, w_hh_ptr, later_rows, carried, first, ks, cols, 
 
 
 @triton.jit
-def _grad_h(
+def grad_h(
     grad_y_ptr, grad_hn_ptr, d_gates_ptr, w_hh_ptr, offset, n, later_offset, later_n,
     rows, cols, H: tl.constexpr, P: tl.constexpr,
     DOT_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -73,7 +73,7 @@ def lstm_step_grad_h_kernel(
     """d_out[offset + b] = dL/dh_t [N, P] fp32 for b < n (projection only; BLOCK_H tiles P)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    dh = _grad_h(grad_y_ptr, grad_hn_ptr, d_gates_ptr, w_hh_ptr, offset, n, later_offset, later_n,
+    dh = grad_h(grad_y_ptr, grad_hn_ptr, d_gates_ptr, w_hh_ptr, offset, n, later_offset, later_n,
                  rows, cols, H, P, DOT_DTYPE, BLOCK_B, BLOCK_H, BLOCK_K)
     out_rows = (offset + rows).to(tl.int64)
     mask = (rows < n)[:, None] & (cols < P)[None, :]
@@ -113,7 +113,7 @@ def lstm_step_backward_kernel(
             w = tl.load(w_hr_ptr + ks[:, None] * H + cols[None, :], mask=w_mask, other=0.0).to(tl.float32)
             dr = dot_acc(dh, w, dr, DOT_DTYPE)
     else:
-        dr = _grad_h(grad_y_ptr, grad_hn_ptr, d_gates_ptr, w_hh_ptr, offset, n, later_offset, later_n,
+        dr = grad_h(grad_y_ptr, grad_hn_ptr, d_gates_ptr, w_hh_ptr, offset, n, later_offset, later_n,
                      rows, cols, H, P, DOT_DTYPE, BLOCK_B, BLOCK_H, BLOCK_K)
 
     G = 4 * H

@@ -57,3 +57,20 @@ def batch_block(batch: int) -> int:
 def feature_block(size: int) -> int:
     """A whole feature axis as one tile: the next power of two, at least 16 (tl.dot's minimum)."""
     return max(16, triton.next_power_of_2(size))
+
+
+# Elements of one whole-row tile ([rows, feature_block(H)]) in the variant kernels, whose layer
+# norms need whole rows in one program: about 20 such tiles are live at once in the backward.
+ROW_TILE_ELEMENTS = 2048
+
+
+def row_block(hidden: int) -> int:
+    """Rows one whole-row (variant pointwise) program owns: a power of two in [1, 16]. These
+    kernels have no tl.dot, so no minimum of 16; fewer rows for wide H keep the tiles in registers."""
+    return max(1, min(16, ROW_TILE_ELEMENTS // feature_block(hidden)))
+
+
+def row_warps(hidden: int) -> int:
+    """Warps of a whole-row program: more for wide rows (the row_block floor of one row leaves
+    feature_block(H) elements per tile), so each thread holds at most ~16 elements of a tile."""
+    return min(16, max(4, feature_block(hidden) // 512))

@@ -1,0 +1,210 @@
+"""Per-step forward of the variants (peephole, layer norm, zoneout, cell clip): two launches per
+step, three with a projection.
+
+The layer norms need whole rows (LN_hh over the 4H recurrent pre-activations, LN_c over the H
+cells), which the plain kernel's (batch, hidden) tiling splits across programs. So per step:
+1. `lstm_step_hh_kernel`, tiled like a GEMM: hh [B, 4H] fp32 = h_{t-1} @ W_hh^T (tl.dot);
+2. `lstm_variant_step_kernel`, one program per few whole rows (no tl.dot): LN_hh, the gates with
+   peephole terms, cell clip, LN_c, zoneout, writing gates, cells and y (or r, with a projection);
+3. with a projection, `lstm_variant_project_kernel`: y = zoneout_h(r @ W_hr^T).
+h_{t-1} is read back from y (the zoned-out h) and c_{t-1} from cells (the carried cell), as in
+the plain per-step kernel. Equations: torch_lstm_ext/variant_reference.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from torch_lstm_ext.triton_kernels.buffers import kernel_output
+from torch_lstm_ext.triton_kernels.layer_norm import normalize, normalize_gates
+from torch_lstm_ext.triton_kernels.layout import Layout
+from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, load_state, tanh
+from torch_lstm_ext.triton_kernels.tuning import (
+    STEP_CONFIGS,
+    batch_block,
+    dot_dtype,
+    feature_block,
+    row_block,
+    row_warps,
+    step_grid,
+)
+from torch_lstm_ext.triton_kernels.variant_args import Variants
+
+
+@triton.autotune(configs=STEP_CONFIGS, key=["G", "P", "BLOCK_B"])
+@triton.jit(do_not_specialize=["n", "prev_offset", "prev_n"])
+def lstm_step_hh_kernel(
+    hist_ptr, init_ptr, w_hh_ptr, hh_ptr, n, prev_offset, prev_n, G: tl.constexpr, P: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """hh[b] = h_b @ W_hh^T for b < n: hh [*, G] fp32 (G = 4H), w_hh [G, P].
+
+    h_b is the state row of load_state: hist[prev_offset + b] for b < prev_n, else init[b]
+    (the forward passes y / h0; the backward's whole-sequence recompute passes h_prev twice with
+    prev_n = n). BLOCK_H tiles G here.
+    """
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    col_ok = cols < G
+    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    for k0 in range(0, P, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        h = load_state(hist_ptr, init_ptr, prev_offset, prev_n, rows, ks, n, P)
+        w_mask = (ks < P)[:, None] & col_ok[None, :]
+        w = tl.load(w_hh_ptr + cols[None, :] * P + ks[:, None], mask=w_mask, other=0.0).to(tl.float32)
+        acc = dot_acc(h, w, acc, DOT_DTYPE)
+    mask = (rows < n)[:, None] & col_ok[None, :]
+    tl.store(hh_ptr + rows.to(tl.int64)[:, None] * G + cols[None, :], acc, mask=mask)
+
+
+@triton.jit
+def load_vector(ptr, cols, col_ok):
+    """A parameter vector's slice as a fp32 [1, BLOCK_H] row."""
+    return tl.load(ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit(do_not_specialize=["offset", "n", "prev_offset", "prev_n", "cell_clip"])
+def lstm_variant_step_kernel(
+    gx_ptr, hh_ptr, h0_ptr, c0_ptr, peephole_ptr, ln_hh_ptr, ln_c_ptr, zc_ptr, zh_ptr,
+    y_ptr, gates_ptr, cells_ptr, r_ptr,
+    offset, n, prev_offset, prev_n, cell_clip, H: tl.constexpr, P: tl.constexpr,
+    PEEPHOLE: tl.constexpr, LN_HH: tl.constexpr, LN_C: tl.constexpr, ZONEOUT_C: tl.constexpr,
+    ZONEOUT_H: tl.constexpr, CELL_CLIP: tl.constexpr, HAS_PROJ: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """Rows offset..offset+n-1 of gates [N, 4H], cells [N, H] (fp32) and y [N, P] (or r [B, H]
+    with HAS_PROJ); BLOCK_H >= H: each program owns BLOCK_B whole rows.
+
+    gx [N, 4H]; hh [B, 4H] from lstm_step_hh_kernel; h0 [B, P], c0 [B, H]; peephole [3, H],
+    ln_hh [4H], ln_c [2, H] (gain, bias); zc [N, H], zh [N, P] (weight of the previous state).
+    Pointers of variants that are off are placeholders, never read.
+    """
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    hs = tl.arange(0, BLOCK_H)
+    col_ok = hs < H
+    mask = (rows < n)[:, None] & col_ok[None, :]
+    out_rows = (offset + rows).to(tl.int64)
+    state_rows = rows.to(tl.int64)
+    G = 4 * H
+    a_i = load_rows(hh_ptr, state_rows, hs, G, mask)
+    a_f = load_rows(hh_ptr, state_rows, H + hs, G, mask)
+    a_g = load_rows(hh_ptr, state_rows, 2 * H + hs, G, mask)
+    a_o = load_rows(hh_ptr, state_rows, 3 * H + hs, G, mask)
+    if LN_HH:
+        a_i, a_f, a_g, a_o, _ = normalize_gates(a_i, a_f, a_g, a_o, mask, H)
+        a_i *= load_vector(ln_hh_ptr, hs, col_ok)
+        a_f *= load_vector(ln_hh_ptr, H + hs, col_ok)
+        a_g *= load_vector(ln_hh_ptr, 2 * H + hs, col_ok)
+        a_o *= load_vector(ln_hh_ptr, 3 * H + hs, col_ok)
+    z_i = load_rows(gx_ptr, out_rows, hs, G, mask) + a_i
+    z_f = load_rows(gx_ptr, out_rows, H + hs, G, mask) + a_f
+    z_o = load_rows(gx_ptr, out_rows, 3 * H + hs, G, mask) + a_o
+    g = tanh(load_rows(gx_ptr, out_rows, 2 * H + hs, G, mask) + a_g)
+    c_prev = load_state(cells_ptr, c0_ptr, prev_offset, prev_n, rows, hs, n, H)
+    if PEEPHOLE:
+        z_i += load_vector(peephole_ptr, hs, col_ok) * c_prev
+        z_f += load_vector(peephole_ptr, H + hs, col_ok) * c_prev
+    i = tl.sigmoid(z_i)
+    f = tl.sigmoid(z_f)
+    c = f * c_prev + i * g
+    if CELL_CLIP:
+        c = tl.clamp(c, -cell_clip, cell_clip)
+    if PEEPHOLE:
+        z_o += load_vector(peephole_ptr, 2 * H + hs, col_ok) * c
+    o = tl.sigmoid(z_o)
+    if LN_C:
+        c_hat, _ = normalize(c, mask, H)
+        r = o * tanh(c_hat * load_vector(ln_c_ptr, hs, col_ok) + load_vector(ln_c_ptr, H + hs, col_ok))
+    else:
+        r = o * tanh(c)
+    if ZONEOUT_C:
+        m = load_rows(zc_ptr, out_rows, hs, H, mask)
+        c = m * c_prev + (1.0 - m) * c
+
+    gate_ptrs = gates_ptr + out_rows[:, None] * G + hs[None, :]
+    tl.store(gate_ptrs, i, mask=mask)
+    tl.store(gate_ptrs + H, f, mask=mask)
+    tl.store(gate_ptrs + 2 * H, g, mask=mask)
+    tl.store(gate_ptrs + 3 * H, o, mask=mask)
+    tl.store(cells_ptr + out_rows[:, None] * H + hs[None, :], c, mask=mask)
+    if HAS_PROJ:
+        tl.store(r_ptr + state_rows[:, None] * H + hs[None, :], r.to(r_ptr.dtype.element_ty), mask=mask)
+    else:
+        if ZONEOUT_H:
+            m = load_rows(zh_ptr, out_rows, hs, P, mask)
+            r = m * load_state(y_ptr, h0_ptr, prev_offset, prev_n, rows, hs, n, P) + (1.0 - m) * r
+        tl.store(y_ptr + out_rows[:, None] * P + hs[None, :], r.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.autotune(configs=STEP_CONFIGS, key=["H", "P", "BLOCK_B"])
+@triton.jit(do_not_specialize=["offset", "n", "prev_offset", "prev_n"])
+def lstm_variant_project_kernel(
+    r_ptr, w_hr_ptr, h0_ptr, zh_ptr, y_ptr, offset, n, prev_offset, prev_n,
+    H: tl.constexpr, P: tl.constexpr, ZONEOUT_H: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """y[offset + b] = zoneout_h(r[b] @ W_hr^T) for b < n; r [B, H], w_hr [P, H], y [N, P],
+    zh [N, P], h0 [B, P] (BLOCK_H tiles P). The previous h is y's previous-step row, or h0."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    row_ok = rows < n
+    col_ok = cols < P
+    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < H
+        r = load_rows(r_ptr, rows.to(tl.int64), ks, H, row_ok[:, None] & k_ok[None, :])
+        w_mask = k_ok[:, None] & col_ok[None, :]
+        w = tl.load(w_hr_ptr + cols[None, :] * H + ks[:, None], mask=w_mask, other=0.0).to(tl.float32)
+        acc = dot_acc(r, w, acc, DOT_DTYPE)
+    out_rows = (offset + rows).to(tl.int64)
+    mask = row_ok[:, None] & col_ok[None, :]
+    if ZONEOUT_H:
+        m = load_rows(zh_ptr, out_rows, cols, P, mask)
+        acc = m * load_state(y_ptr, h0_ptr, prev_offset, prev_n, rows, cols, n, P) + (1.0 - m) * acc
+    tl.store(y_ptr + out_rows[:, None] * P + cols[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def variant_step_forward(
+    gates_x: Tensor, w_hh: Tensor, w_hr: Tensor | None, h0: Tensor, c0: Tensor, layout: Layout,
+    v: Variants,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run every step: y [N, P] (storage dtype), gates [N, 4H] and cells [N, H] (float32).
+
+    All tensors contiguous; gates_x [N, 4H], w_hh [4H, P], w_hr [P, H] or None, h0 [B, P],
+    c0 [B, H]; v's tensors as Variants documents.
+    """
+    N, G = gates_x.shape
+    H = G // 4
+    B, P = h0.shape
+    device = gates_x.device
+    y = kernel_output((N, P), gates_x.dtype, device)
+    gates = kernel_output((N, G), torch.float32, device)
+    cells = kernel_output((N, H), torch.float32, device)
+    hh = kernel_output((B, G), torch.float32, device)
+    # As in the plain kernel: the projection's input in the storage dtype, the dot's operand dtype.
+    r = kernel_output((B, H), gates_x.dtype, device) if w_hr is not None else y
+    block_b = batch_block(B)
+    rows_per_program = row_block(H)
+    dtype = dot_dtype(gates_x.dtype)
+    stand_in = w_hh  # the pointer of a variant that is off (never read)
+    for step in layout.steps():
+        prev_offset = max(step.prev_offset, 0)
+        lstm_step_hh_kernel[step_grid(step.n, block_b, G)](
+            y, h0, w_hh, hh, step.n, prev_offset, step.prev_n, G, P, DOT_DTYPE=dtype, BLOCK_B=block_b,
+        )
+        lstm_variant_step_kernel[(triton.cdiv(step.n, rows_per_program),)](
+            gates_x, hh, h0, c0, *v.tensors(stand_in), y, gates, cells, r,
+            step.offset, step.n, prev_offset, step.prev_n, v.cell_clip_value, H, P,
+            **v.flags(), HAS_PROJ=w_hr is not None,
+            BLOCK_B=rows_per_program, BLOCK_H=feature_block(H), num_warps=row_warps(H),
+        )
+        if w_hr is not None:
+            lstm_variant_project_kernel[step_grid(step.n, block_b, P)](
+                r, w_hr, h0, v.tensors(stand_in)[4], y, step.offset, step.n, prev_offset, step.prev_n,
+                H, P, ZONEOUT_H=v.zoneout_h is not None, DOT_DTYPE=dtype, BLOCK_B=block_b,
+            )
+    return y, gates, cells
