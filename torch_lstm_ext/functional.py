@@ -14,6 +14,7 @@ from torch import Tensor
 
 from torch_lstm_ext.autograd import lstm_layer
 from torch_lstm_ext.checkpoint import checkpointed_layer
+from torch_lstm_ext.profiling import stage
 from torch_lstm_ext.projection import LayerWeights, input_projection
 from torch_lstm_ext.variants import VariantConfig, zoneout_weights
 
@@ -42,8 +43,10 @@ def run_layer(
     zoneout_h = zoneout_weights(variants.zoneout_hidden, (*lead, h0.shape[-1]), x, training)
     if variants.checkpoint:
         return checkpointed_layer(x, w, h0, c0, batch_sizes, reverse, zoneout_c, zoneout_h, variants)
+    with stage("input_gemm"):
+        gates_x = input_projection(x, w)
     return lstm_layer(
-        input_projection(x, w), w.w_hh, w.w_hr, h0, c0, batch_sizes, reverse, w.peephole, w.ln_hh,
+        gates_x, w.w_hh, w.w_hr, h0, c0, batch_sizes, reverse, w.peephole, w.ln_hh,
         w.ln_c, zoneout_c, zoneout_h, variants.cell_clip, variants.grad_clip,
     )
 
