@@ -75,3 +75,10 @@ GRIDS: dict[str, list[Case]] = {
         Case(100, 64, 256, 512, layers=2, bidirectional=True),
     ],
 }
+
+# Variants vs the same variant as a Python loop (scripts/bench_variants.py): one layer, one
+# direction, training forward + backward.
+VARIANT_CASES: list[Case] = [Case(100, 32, 64, 128), Case(50, 16, 128, 256)]
+VARIANT_QUICK: list[Case] = [Case(50, 16, 64, 128)]
+# Checkpointing's memory and time at the T = 1024, for one and two layers.
+CHECKPOINT_CASES: list[Case] = [Case(1024, 32, 128, 256), Case(1024, 32, 128, 256, layers=2)]

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 from torch_lstm_ext.schedule import Step, step_schedule
 
@@ -42,6 +43,12 @@ class Variants(NamedTuple):
     zoneout_h: np.ndarray | None = None
     cell_clip: float | None = None
     grad_clip: float | None = None
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b through torch's BLAS on zero-copy views: NumPy's OpenBLAS is slower on these skinny
+    products, and its spinning worker threads fight torch's own threads."""
+    return torch.mm(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -102,7 +109,7 @@ def lstm_variant_forward(
     for step in step_schedule(batch_sizes, N, B, reverse):
         rows, n = slice(step.offset, step.offset + step.n), step.n
         h_p, c_p = h[:n], c[:n]
-        hh = h_p @ w_hh.T
+        hh = _mm(h_p, w_hh.T)
         if v.ln_hh is not None:
             hh = _normalize(hh)[0] * v.ln_hh
         z = gates[rows]
@@ -122,7 +129,7 @@ def lstm_variant_forward(
         c_out = c_cand if v.ln_c is None else _normalize(c_cand)[0] * v.ln_c[0] + v.ln_c[1]
         h_cand = o * np.tanh(c_out)
         if w_hr is not None:
-            h_cand = h_cand @ w_hr.T
+            h_cand = _mm(h_cand, w_hr.T)
         if v.zoneout_c is not None:
             m = v.zoneout_c[rows]
             c_cand = m * c_p + (1.0 - m) * c_cand
@@ -186,7 +193,7 @@ def lstm_variant_backward(
     else:
         tanh_out = np.tanh(c_cand)
     if v.ln_hh is not None:
-        xhat_hh, rstd_hh = _normalize(h_prev @ w_hh.T)
+        xhat_hh, rstd_hh = _normalize(_mm(h_prev, w_hh.T))
 
     d_gates = np.empty((N, G), dtype=dtype)
     d_hh = np.empty((N, G), dtype=dtype) if v.ln_hh is not None else d_gates
@@ -218,7 +225,7 @@ def lstm_variant_backward(
             dc_prev_direct, dc_cand = None, dc_out.copy()
         if w_hr is not None:
             d_h_cand_all[rows] = dh_cand
-            dh_cand = dh_cand @ w_hr
+            dh_cand = _mm(dh_cand, w_hr)
 
         o_r, t_r = o[rows], tanh_out[rows]
         dpo = clamp(dh_cand * t_r * o_r * (1.0 - o_r))
@@ -252,12 +259,12 @@ def lstm_variant_backward(
         if v.ln_hh is not None:
             d_ln_hh += (d_pre * xhat_hh[rows]).sum(axis=0)
             d_hh[rows] = _normalize_backward(d_pre * v.ln_hh, xhat_hh[rows], rstd_hh[rows])
-        dh_p = d_hh[rows] @ w_hh
+        dh_p = _mm(d_hh[rows], w_hh)
         if dh_prev_direct is not None:
             dh_p += dh_prev_direct
         dh[:n] = dh_p
         dc[:n] = dc_p
 
-    d_w_hh = d_hh.T @ h_prev
-    d_w_hr = None if w_hr is None else d_h_cand_all.T @ (o * tanh_out)
+    d_w_hh = _mm(d_hh.T, h_prev)
+    d_w_hr = None if w_hr is None else _mm(d_h_cand_all.T, o * tanh_out)
     return d_gates, d_w_hh, d_w_hr, dh, dc, VariantGrads(d_peephole, d_ln_hh, d_ln_c)
