@@ -102,7 +102,7 @@ def _row(case: Case, mode: str, medians: dict, mem: dict, rounds: int, worst: di
 def bench_case(case: Case, args: argparse.Namespace) -> tuple[list[dict], str | None]:
     """Rows for each mode of `case`, or no rows and the reason it was refused."""
     models = bench_models.build(case, args.device)
-    if args.no_cells:
+    if args.no_cells or not case.cells:
         models.pop("cells", None)
     x = bench_models.make_input(case, args.device)
     worst = bench_models.disagreement(models, x)

@@ -3,7 +3,8 @@
 A Case is one LSTM configuration: sequence length T, batch B, input size I, hidden size H,
 layers, bidirectional, packed (a PackedSequence with lengths spread over 1..T), proj_size.
 `sweep` marks the cases that only feed the plot's time-vs-T and time-vs-H lines; the ratio
-table and its geometric mean are over the cases without it.
+table and its geometric mean are over the cases without it. `cells=False` skips the slow
+LSTMCell-loop baseline (the quick grid's sweeps).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class Case(NamedTuple):
     packed: bool = False
     proj: int = 0
     sweep: str = ""
+    cells: bool = True
 
     @property
     def label(self) -> str:
@@ -48,7 +50,8 @@ _FEATURES = [
 ]
 
 
-def _sweeps(lengths: list[int], hiddens: list[int], B: int = 16, I: int = 64) -> list[Case]:
+def _sweeps(lengths: list[int], hiddens: list[int], B: int = 16, I: int = 64,
+            cells: bool = True) -> list[Case]:
     """Time vs sequence length (at H = 128) and vs hidden size (at T = 100), for the plot.
 
     The shape both lines share is one case, marked "TH".
@@ -58,7 +61,7 @@ def _sweeps(lengths: list[int], hiddens: list[int], B: int = 16, I: int = 64) ->
         marks[(T, 128)] = marks.get((T, 128), "") + "T"
     for H in hiddens:
         marks[(100, H)] = marks.get((100, H), "") + "H"
-    return [Case(T, B, I, H, sweep=mark) for (T, H), mark in marks.items()]
+    return [Case(T, B, I, H, sweep=mark, cells=cells) for (T, H), mark in marks.items()]
 
 
 GRIDS: dict[str, list[Case]] = {
@@ -66,7 +69,7 @@ GRIDS: dict[str, list[Case]] = {
     # Under 2 minutes on a 2-core machine: the issue's shapes but the largest, one of each feature.
     "quick": [c for c in _CORE if c.H < 512]
     + [_FEATURES[1], _FEATURES[2]]
-    + _sweeps([25, 100, 400], [32, 128, 512]),
+    + _sweeps([25, 100, 400], [32, 128, 512], cells=False),
     # CUDA: shapes where a GPU LSTM is worth timing (ours-Triton vs cuDNN).
     "gpu": [
         Case(50, 32, 128, 256),
