@@ -20,9 +20,8 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 import torch
 from support import assert_same_results, outputs_and_grads, twin_lstms
 from torch.nn.utils.rnn import pack_sequence
-from triton_support import assert_matches_reference, make_case, run_kernel, run_op
+from triton_support import assert_matches_reference, count_triton_calls, make_case, run_kernel, run_op
 
-from torch_lstm_ext import triton_kernels
 from torch_lstm_ext.config import BACKEND_ENV
 from torch_lstm_ext.triton_kernels import buffers, recurrence
 from torch_lstm_ext.triton_kernels.dispatch import choose_kernel
@@ -39,21 +38,7 @@ def poisoned_outputs(monkeypatch):
 
 @pytest.fixture
 def triton_calls(monkeypatch):
-    """Counts calls into the Triton backend, so a test can prove the ops went through it."""
-    calls = {"forward": 0, "backward": 0}
-    forward, backward = triton_kernels.lstm_forward, triton_kernels.lstm_backward
-
-    def counted_forward(*args, **kwargs):
-        calls["forward"] += 1
-        return forward(*args, **kwargs)
-
-    def counted_backward(*args, **kwargs):
-        calls["backward"] += 1
-        return backward(*args, **kwargs)
-
-    monkeypatch.setattr(triton_kernels, "lstm_forward", counted_forward)
-    monkeypatch.setattr(triton_kernels, "lstm_backward", counted_backward)
-    return calls
+    return count_triton_calls(monkeypatch)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -28,6 +28,11 @@ KERNEL_TOLERANCES = {
     torch.bfloat16: (2e-2, 2e-2),
     torch.float16: (2.5e-3, 2.5e-3),
 }
+# bfloat16 with layer norm, as a fraction of each tensor's largest magnitude: LN divides by the
+# row's std, which scales up the values and with them the rounding of the bf16 h that the
+# kernels read back from y each step (the NumPy backend keeps h in fp32). Measured at T = 5 over
+# three seeds with every variant on: up to 8.5 * 2**-8 (plain: 2 * 2**-8); allowed: 16 * 2**-8.
+LAYER_NORM_BF16_TOLERANCE = 16 * 2**-8
 
 FORWARD_NAMES = ("y", "h_n", "c_n", "gates", "cells")
 BACKWARD_NAMES = ("d_gates_x", "d_w_hh", "d_w_hr", "d_h0", "d_c0", "d_peephole", "d_ln_hh_weight", "d_ln_c")
@@ -130,16 +135,41 @@ def run_kernel(case: Case, kernel: str) -> tuple[tuple, tuple]:
     return tuple(forward_out), tuple(backward_out)
 
 
-def assert_matches_reference(actual: tuple[tuple, tuple], expected: tuple[tuple, tuple], dtype) -> None:
-    """Every forward output and gradient: same shape and dtype, no NaN, close at the tolerance."""
+def assert_matches_reference(
+    actual: tuple[tuple, tuple], expected: tuple[tuple, tuple], dtype, of_max: float | None = None,
+) -> None:
+    """Every forward output and gradient: same shape and dtype, no NaN, close at the dtype's
+    tolerance, or with `of_max` within that fraction of the expected tensor's largest magnitude."""
     rtol, atol = KERNEL_TOLERANCES[dtype]
     for names, got, want in zip((FORWARD_NAMES, BACKWARD_NAMES), actual, expected, strict=True):
         for name, a, b in zip(names, got, want, strict=True):
             assert a.shape == b.shape and a.dtype == b.dtype, f"{name}: {a.shape} {a.dtype} != {b.shape} {b.dtype}"
             assert a.device == b.device, f"{name}: on {a.device}, expected {b.device}"
             assert not a.isnan().any(), f"{name} has NaN (an unwritten row?)"
-            torch.testing.assert_close(a.cpu().double(), b.cpu().double(), rtol=rtol, atol=atol,
-                                       msg=lambda m, name=name: f"{name}: {m}")
+            a, b = a.cpu().double(), b.cpu().double()
+            if of_max is None:
+                torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
+            elif b.numel():
+                error, scale = (a - b).abs().max().item(), b.abs().max().item()
+                assert error <= of_max * scale, f"{name}: max error {error:.3g} > {of_max:.3g} * {scale:.3g}"
+
+
+def count_triton_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts calls into the Triton backend (live dict), so a test can prove the ops went through it."""
+    calls = {"forward": 0, "backward": 0}
+    forward, backward = triton_kernels.lstm_forward, triton_kernels.lstm_backward
+
+    def counted_forward(*args, **kwargs):
+        calls["forward"] += 1
+        return forward(*args, **kwargs)
+
+    def counted_backward(*args, **kwargs):
+        calls["backward"] += 1
+        return backward(*args, **kwargs)
+
+    monkeypatch.setattr(triton_kernels, "lstm_forward", counted_forward)
+    monkeypatch.setattr(triton_kernels, "lstm_backward", counted_backward)
+    return calls
 
 
 def outputs_and_grads_on_device(module: torch.nn.Module, input, seed: int = 0):
