@@ -30,9 +30,11 @@ from torch_lstm_ext.triton_kernels import (
     persistent_forward,
     step_backward,
     step_forward,
+    variant_step_backward,
+    variant_step_forward,
 )
 from torch_lstm_ext.triton_kernels.dispatch import choose_kernel
-from torch_lstm_ext.triton_kernels.tuning import MAX_BATCH_BLOCK, feature_block
+from torch_lstm_ext.triton_kernels.tuning import MAX_BATCH_BLOCK, feature_block, row_block, row_warps
 
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 pytestmark = pytest.mark.skipif(not PTXAS.exists(), reason="Triton's bundled ptxas is missing")
@@ -40,7 +42,9 @@ pytestmark = pytest.mark.skipif(not PTXAS.exists(), reason="Triton's bundled ptx
 STORAGE = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}
 # Pointer arguments held in fp32 whatever the storage dtype (saved gates / cells, scratch).
-FP32_POINTERS = {"gates_ptr", "cells_ptr", "dc_ptr", "d_out_ptr"}
+FP32_POINTERS = {"gates_ptr", "cells_ptr", "dc_ptr", "d_out_ptr", "hh_ptr", "dr_ptr", "r_rows_ptr",
+                 "d_peephole_ptr", "d_ln_hh_ptr", "d_ln_c_ptr"}
+FLOAT_SCALARS = {"cell_clip", "grad_clip"}
 
 
 def compile_for_sm90(kernel, dtype: torch.dtype, constexprs: dict, num_warps: int, num_stages: int):
@@ -54,6 +58,8 @@ def compile_for_sm90(kernel, dtype: torch.dtype, constexprs: dict, num_warps: in
             signature[name] = "*i32"
         elif name.endswith("_ptr"):
             signature[name] = "*fp32" if name in FP32_POINTERS else f"*{STORAGE[dtype]}"
+        elif name in FLOAT_SCALARS:
+            signature[name] = "fp32"
         else:
             signature[name] = "i32"
     compiled = triton.compile(
@@ -86,6 +92,41 @@ def test_per_step_kernels_compile_without_spills(dtype, has_proj):
                 constexprs["HAS_PROJ"] = has_proj
             _, spills = compile_for_sm90(kernel, dtype, constexprs, config.num_warps, config.num_stages)
             assert spills == 0, f"{kernel.fn.__name__} {config}: {spills} bytes spilled"
+
+
+def _compile_configs_without_spills(kernel, dtype: torch.dtype, constexprs: dict) -> None:
+    for config in kernel.configs:
+        constexprs = {**constexprs, "DOT_DTYPE": TL_DTYPE[dtype], "BLOCK_B": MAX_BATCH_BLOCK, **config.kwargs}
+        _, spills = compile_for_sm90(kernel, dtype, constexprs, config.num_warps, config.num_stages)
+        assert spills == 0, f"{kernel.fn.__name__} {config}: {spills} bytes spilled"
+
+
+@pytest.mark.parametrize("dtype", STORAGE, ids=STORAGE.values())
+def test_variant_gemm_kernels_compile_without_spills(dtype):
+    H, P = 256, 128
+    _compile_configs_without_spills(variant_step_forward.lstm_step_hh_kernel, dtype, {"G": 4 * H, "P": P})
+    for kernel in (variant_step_forward.lstm_variant_project_kernel,
+                   variant_step_backward.lstm_variant_grad_h_kernel,
+                   variant_step_backward.lstm_variant_grad_r_kernel):
+        _compile_configs_without_spills(kernel, dtype, {"H": H, "P": P, "ZONEOUT_H": True})
+
+
+ALL_VARIANTS_ON = {"PEEPHOLE": True, "LN_HH": True, "LN_C": True, "ZONEOUT_C": True, "ZONEOUT_H": True,
+                   "CELL_CLIP": True, "GRAD_CLIP": True}
+
+
+@pytest.mark.parametrize("H", [256, 2048])
+@pytest.mark.parametrize("dtype", STORAGE, ids=STORAGE.values())
+def test_variant_whole_row_kernels_compile_without_spills(dtype, H):
+    """The whole-row kernels with every variant on, at the row tile and warps tuning.py picks:
+    from 4 rows of 256 to one row of 2048 per program. (At H = 4096 the backward spills a few
+    stack slots, 72 bytes: 16 warps cap a thread at 128 registers, 8 warps hold 255 and more.)"""
+    for kernel in (variant_step_forward.lstm_variant_step_kernel,
+                   variant_step_backward.lstm_variant_step_backward_kernel):
+        constexprs = {"H": H, "P": H, "HAS_PROJ": False, "BLOCK_B": row_block(H), "BLOCK_H": feature_block(H),
+                      **{k: v for k, v in ALL_VARIANTS_ON.items() if k in kernel.arg_names}}
+        _, spills = compile_for_sm90(kernel, dtype, constexprs, row_warps(H), 1)
+        assert spills == 0, f"{kernel.__name__} H={H}: {spills} bytes spilled"
 
 
 # The largest shapes dispatch.py sends to the persistent kernels, per dtype: (H, P, has_proj).

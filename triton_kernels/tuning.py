@@ -60,8 +60,11 @@ def feature_block(size: int) -> int:
 
 
 # Elements of one whole-row tile ([rows, feature_block(H)]) in the variant kernels, whose layer
-# norms need whole rows in one program: about 20 such tiles are live at once in the backward.
-ROW_TILE_ELEMENTS = 2048
+# norms need whole rows in one program, and how many of them one thread holds: about 20 such
+# tiles are live at once in the backward, which spills on sm_90a at 16 elements per thread
+# (tests/test_triton_compile.py).
+ROW_TILE_ELEMENTS = 1024
+ELEMENTS_PER_THREAD = 8
 
 
 def row_block(hidden: int) -> int:
@@ -71,6 +74,8 @@ def row_block(hidden: int) -> int:
 
 
 def row_warps(hidden: int) -> int:
-    """Warps of a whole-row program: more for wide rows (the row_block floor of one row leaves
-    feature_block(H) elements per tile), so each thread holds at most ~16 elements of a tile."""
-    return min(16, max(4, feature_block(hidden) // 512))
+    """Warps of a whole-row program: ELEMENTS_PER_THREAD per thread of each tile, within [4, 16].
+    Spill-free on sm_90a up to H = 2048; at 4096 the backward spills a few stack slots, as 16
+    warps cap a thread at 128 registers (past 4096 a single row holds more per thread)."""
+    elements = row_block(hidden) * feature_block(hidden)
+    return min(16, max(4, elements // (32 * ELEMENTS_PER_THREAD)))

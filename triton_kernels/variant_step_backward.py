@@ -49,9 +49,9 @@ from torch_lstm_ext.triton_kernels.variant_args import Variants
 from torch_lstm_ext.triton_kernels.variant_step_forward import load_vector, lstm_step_hh_kernel
 
 
-# d_out is written for this step's rows and read for the later step's: restore it between the
-# autotuner's timing runs (on the GPU, where there are several configs).
-@triton.autotune(configs=STEP_CONFIGS, key=["H", "P", "BLOCK_B"], restore_value=["d_out_ptr"])
+# Idempotent (it writes this step's rows of d_out and reads only the later step's), so the
+# autotuner's repeated timing runs need no restore_value, unlike the in-place dc of step_backward.
+@triton.autotune(configs=STEP_CONFIGS, key=["H", "P", "BLOCK_B"])
 @triton.jit(do_not_specialize=["offset", "n", "later_offset", "later_n"])
 def lstm_variant_grad_h_kernel(
     grad_y_ptr, grad_hn_ptr, d_hh_ptr, w_hh_ptr, zh_ptr, d_out_ptr,
@@ -126,7 +126,7 @@ def _clip(x, bound, CLIP: tl.constexpr):
 def lstm_variant_step_backward_kernel(
     d_out_ptr, dr_ptr, c0_ptr, gates_ptr, cells_ptr, hh_ptr,
     peephole_ptr, ln_hh_ptr, ln_c_ptr, zc_ptr, zh_ptr,
-    d_gates_ptr, d_hh_ptr, r_ptr, dc_ptr, d_peephole_ptr, d_ln_hh_ptr, d_ln_c_ptr,
+    d_gates_ptr, d_hh_ptr, r_rows_ptr, dc_ptr, d_peephole_ptr, d_ln_hh_ptr, d_ln_c_ptr,
     offset, n, prev_offset, prev_n, cell_clip, grad_clip, H: tl.constexpr, P: tl.constexpr,
     PEEPHOLE: tl.constexpr, LN_HH: tl.constexpr, LN_C: tl.constexpr, ZONEOUT_C: tl.constexpr,
     ZONEOUT_H: tl.constexpr, CELL_CLIP: tl.constexpr, GRAD_CLIP: tl.constexpr,
@@ -232,7 +232,7 @@ def lstm_variant_step_backward_kernel(
         tl.store(d_hh_ptrs + 2 * H, e_g.to(out_dtype), mask=mask)
         tl.store(d_hh_ptrs + 3 * H, e_o.to(out_dtype), mask=mask)
     if HAS_PROJ:
-        tl.store(r_ptr + out_rows[:, None] * H + hs[None, :], o * t, mask=mask)
+        tl.store(r_rows_ptr + out_rows[:, None] * H + hs[None, :], o * t, mask=mask)
     tl.store(dc_ptrs, dc_prev, mask=mask)
 
 
