@@ -10,11 +10,13 @@ import torch
 from support import assert_same_results, twin_lstms
 from torch.nn.utils.rnn import pack_sequence
 from triton_support import (
+    LAYER_NORM_BF16_TOLERANCE,
     assert_matches_reference,
     make_case,
     outputs_and_grads_on_device,
     run_kernel,
     run_op,
+    with_variants,
 )
 
 from torch_lstm_ext.config import BACKEND_ENV
@@ -52,6 +54,17 @@ def test_kernels_match_reference(kernel, dtype, H, proj, packed, reverse, monkey
 def test_ops_dispatch_to_triton_and_match_reference(dtype, monkeypatch):
     case = make_case(T=6, B=5, H=64, proj=0, packed=True, reverse=False, dtype=dtype, device="cuda", seed=1)
     assert_matches_reference(run_op(case, "auto", monkeypatch), run_op(case, "numpy", monkeypatch), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("H,proj", [(64, 0), (96, 48)])
+def test_variant_kernels_match_reference(dtype, H, proj, monkeypatch):
+    # Clips in fp32 only (see test_triton_variants.py's bf16 case for why).
+    clips = dict(cell_clip=0.5, grad_clip=0.05) if dtype == torch.float32 else {}
+    case = make_case(T=8, B=40, H=H, proj=proj, packed=True, reverse=True, dtype=dtype, device="cuda", seed=2)
+    case = with_variants(case, peephole=True, layer_norm=True, zoneout="train", **clips, seed=3)
+    assert_matches_reference(run_op(case, "auto", monkeypatch), run_op(case, "numpy", monkeypatch), dtype,
+                             of_max=LAYER_NORM_BF16_TOLERANCE if dtype == torch.bfloat16 else None)
 
 
 def test_float64_runs_on_the_reference_path(monkeypatch):

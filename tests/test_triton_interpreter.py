@@ -1,5 +1,5 @@
 """The Triton backend on the CPU through Triton's interpreter, against the NumPy reference and
-torch.nn.LSTM. Run in its own process: `make test-interpreter`
+torch.nn.LSTM (the variants: test_triton_variants.py). Run in its own process: `make test-interpreter`
 (TRITON_INTERPRET=1 pytest -m interpreter), as the flag must be set before Triton is imported.
 
 Every buffer a kernel writes starts NaN-filled (buffers.POISON), so an unwritten row fails.

@@ -87,8 +87,10 @@ def test_all_variants_packed_match_numpy(H, proj, reverse, monkeypatch):
 
 @pytest.mark.parametrize("layer_norm", [False, True], ids=["no_ln", "ln"])
 def test_variants_bfloat16_match_numpy(layer_norm, monkeypatch):
-    # No grad clip: a bf16-rounded gradient can cross its bound on one side and not the other.
-    variants = dict(peephole=True, layer_norm=layer_norm, zoneout="eval", cell_clip=0.5)
+    # No clips: cell_clip's derivative steps at the bound, which a bf16-rounded cell can cross
+    # for one backend only; grad_clip caps the gradients below the rounding errors they carry
+    # from the unclipped upstream gradient, which no storage-relative tolerance fits.
+    variants = dict(peephole=True, layer_norm=layer_norm, zoneout="train")
     case = make_case(T=5, B=3, H=16, proj=16, packed=True, reverse=True, dtype=torch.bfloat16, seed=9)
     case = with_variants(case, **variants, seed=10)
     assert_matches_reference(run_op(case, "triton", monkeypatch), run_op(case, "numpy", monkeypatch),
