@@ -11,12 +11,14 @@ medians (scripts/bench_measure.py), and measures peak memory of ours and nn.LSTM
 nn.LSTM is cuDNN and ours runs its CUDA backend (Triton). Then a real model's training step
 (scripts/bench_train_step.py). Results:
 <out>/bench_<grid>_<device>[_<N>threads].{csv,json,md,png}.
-Exit status 1 when a case disagreed.
+Exit status 1 when a case disagreed. --report JSON re-renders an earlier run's outputs (and the
+summary lines) from its JSON without timing anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -52,6 +54,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-cells", action="store_true", help="skip the LSTMCell loop")
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
     p.add_argument("--no-model", action="store_true", help="skip the model training step")
+    p.add_argument("--report", type=Path, metavar="JSON",
+                   help="time nothing: redraw table, summary and plot of an earlier run's JSON")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device")
@@ -124,14 +128,8 @@ def bench_case(case: Case, args: argparse.Namespace) -> tuple[list[dict], str | 
     return rows, None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda":
-        # The reference must not run in TF32, or the parity gate compares against a rounder answer.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+def _run(args: argparse.Namespace) -> tuple[list[dict], dict, dict | None, list[str]]:
+    """Time the grid: (rows, meta, model step results, refused cases)."""
     meta = _meta(args)
     cases = [Case(*map(int, s.split(","))) for s in args.shape] or GRIDS[args.grid]
     rows, refused = [], []
@@ -148,10 +146,26 @@ def main(argv: list[str] | None = None) -> int:
     meta["load_after"] = os.getloadavg()
     meta["seconds"] = round(time.perf_counter() - started, 1)
     meta["refused"] = refused
+    return rows, meta, model, refused
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        # The reference must not run in TF32, or the parity gate compares against a rounder answer.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        rows, meta, model = saved["rows"], saved["meta"], saved["model_step"]
+        stem, refused = args.report.stem, meta["refused"]
+    else:
+        rows, meta, model, refused = _run(args)
+        threads = f"_{torch.get_num_threads()}threads" if args.device == "cpu" else ""
+        stem = f"bench_{args.grid}_{args.device}{threads}"
     summary = bench_report.summarize(rows, model)
-    threads = f"_{torch.get_num_threads()}threads" if args.device == "cpu" else ""
-    stem = f"bench_{args.grid}_{args.device}{threads}"
     paths = bench_report.write(args.out, stem, rows, meta, model, summary)
     png = bench_report.plot(args.out, stem, rows, meta)
     print(f"\n{meta['cpu']}, {meta['cores']} cores, {meta['torch_threads']} torch threads; torch "

@@ -34,7 +34,7 @@ class Case(NamedTuple):
 
 
 # The five shapes, then the layers / bidirectional / packed / proj configurations.
-_CORE = [
+CORE = [
     Case(50, 32, 128, 256),
     Case(200, 16, 64, 128),
     Case(100, 64, 256, 512),
@@ -65,9 +65,9 @@ def _sweeps(lengths: list[int], hiddens: list[int], B: int = 16, I: int = 64,
 
 
 GRIDS: dict[str, list[Case]] = {
-    "standard": _CORE + _FEATURES + _sweeps([25, 50, 100, 200, 400], [32, 64, 128, 256, 512]),
+    "standard": CORE + _FEATURES + _sweeps([25, 50, 100, 200, 400], [32, 64, 128, 256, 512]),
     # Under 2 minutes on a 2-core machine: the shapes but the largest, one of each feature.
-    "quick": [c for c in _CORE if c.H < 512]
+    "quick": [c for c in CORE if c.H < 512]
     + [_FEATURES[1], _FEATURES[2]]
     + _sweeps([25, 100, 400], [32, 128, 512], cells=False),
     # CUDA: shapes where a GPU LSTM is worth timing (ours-Triton vs cuDNN).
