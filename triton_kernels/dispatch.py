@@ -12,9 +12,10 @@ operand layout holds more copies per thread, and spill past 16 KiB (H = P = 32; 
 kilobytes). Speed at the boundary is for scripts/gpu_bench.py to measure.
 
 Any variant (peephole, layer norm, zoneout, cell or gradient clipping) goes to the per-step
-kernels, in their variant form (variant_step_forward.py / variant_step_backward.py) whatever
-the shape: the layer norms reduce over whole rows, which the persistent kernels' loop-carried
-registers would have to hold alongside W_hh, and the variant path should be correct first.
+kernels, in their variant form (variant_step_forward.py / variant_step_backward.py), whatever
+the shape: the persistent kernels have no variant form (their budgets above leave no room for
+the extra whole-row state), so the variants cost a few launches per step; whether a persistent
+variant kernel pays off is for scripts/gpu_bench.py to show first.
 """
 
 from __future__ import annotations
