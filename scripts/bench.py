@@ -18,6 +18,7 @@ summary lines) from its JSON without timing anything.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -33,8 +34,6 @@ import torch
 from bench_measure import interleaved_medians, peak_memory_mib
 from bench_shapes import GRIDS, Case
 from tqdm import tqdm
-
-import torch_lstm_ext
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -86,7 +85,7 @@ def _meta(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "numpy_blas": f"{blas.get('name')} {blas.get('version')}",
-        "torch_lstm_ext": getattr(torch_lstm_ext, "__version__", "dev"),
+        "torch_lstm_ext": importlib.metadata.version("torch_lstm_ext"),
         "load_before": os.getloadavg(),
     }
 
