@@ -40,7 +40,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--size", default="100,32,128,256", metavar="T,B,I,H",
                    help="shape of the default model and its input")
-    p.add_argument("--steps", type=int, default=5, help="profiled steps (after 2 warm-up steps)")
+    p.add_argument("--steps", type=int, default=3, help="profiled steps (after 2 warm-up steps)")
     p.add_argument("--inference", action="store_true", help="forward only, no_grad, eval mode")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "profile_output")
