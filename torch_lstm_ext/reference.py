@@ -171,6 +171,55 @@ def _plan(batch_sizes: np.ndarray | None, num_rows: int, batch: int, reverse: bo
     return _cached_plan(packed, num_rows, batch, reverse, row_bytes)
 
 
+def _ordered(items, reverse: bool):
+    """Per-time-step items in processing order."""
+    return items[::-1] if reverse else items
+
+
+def _previous_states(walk: _Walk, h_hist, c_hist, h0, c0) -> tuple[list, list]:
+    """Per step in processing order, the rows its previous state comes from: views of the previous
+    step's history (h as torch views, c as NumPy) or of h0 / c0. None where some rows continue and
+    some start (the reverse direction of a packed batch): `_gather_previous` builds those in the
+    loop, once the previous step has run."""
+    hs, cs = [], []
+    B = h0.shape[0]
+    for _, n, prev_t, prev_n in walk.steps:
+        if prev_t < 0:
+            hs.append(h0 if n == B else h0[:n])
+            cs.append(c0 if n == B else c0[:n])
+        elif prev_n >= n:
+            hs.append(h_hist[prev_t] if prev_n == n else h_hist[prev_t][:n])
+            cs.append(c_hist[prev_t] if prev_n == n else c_hist[prev_t][:n])
+        else:
+            hs.append(None)
+            cs.append(None)
+    return hs, cs
+
+
+def _gather_previous(step: _Step, y_np: list, c_np: list, h0: np.ndarray, c0: np.ndarray):
+    """(h torch [n, P], c NumPy [n, H]) for a step whose rows prev_n..n-1 start from h0 / c0."""
+    _, n, prev_t, prev_n = step
+    h = np.concatenate((y_np[prev_t], h0[prev_n:n]))
+    c = np.concatenate((c_np[prev_t], c0[prev_n:n]))
+    return torch.from_numpy(h), c
+
+
+def _flows(walk: _Walk, dh_t, d_h0_t, dg_t) -> list:
+    """Per step in processing order, where its gate gradients flow through W_hh: (target, source,
+    extra), each target += source @ W_hh. The target is the previous step's dh rows, or d_h0 for
+    the first step; extra (else None) is the d_h0 part of a step whose rows partly start there."""
+    flows = []
+    for t, n, prev_t, prev_n in walk.steps:
+        dg = dg_t[t]
+        if prev_t < 0:
+            flows.append((d_h0_t[:n], dg, None))
+        elif prev_n >= n:
+            flows.append((dh_t[prev_t] if prev_n == n else dh_t[prev_t][:n], dg, None))
+        else:
+            flows.append((dh_t[prev_t], dg[:prev_n], (d_h0_t[prev_n:n], dg[prev_n:])))
+    return flows
+
+
 @functools.lru_cache(maxsize=64)
 def _gate_affine(hidden_size: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """Per-column scale and shift turning tanh into sigmoid for the i, f, o blocks (read-only)."""
@@ -219,47 +268,42 @@ def lstm_forward(
     w_t = torch.from_numpy(w_hh * scale[:, None]).T
     w_hr_t = None if w_hr is None else torch.from_numpy(w_hr).T
     h0_t, tmp_t = torch.from_numpy(h0), torch.from_numpy(tmp)
-    h_mix = c_mix = None
 
     g_np, g_t = _views(gates, walk), _torch_views(gates, walk)
     i_np, f_np, gg_np, o_np = (_views(block, walk) for block in _blocks(gates, H))
     c_np, y_np, y_t = _views(cells, walk), _views(y, walk), _torch_views(y, walk)
+    h_prev, c_prev = _previous_states(walk, y_t, c_np, h0_t, c0)
+    sizes = _ordered(walk.sizes, reverse)
+    t1s = [tmp if n == B else tmp[:n] for n in sizes]
+    if w_hr_t is None:
+        outs, t1_ts = y_np, itertools.repeat(None)
+    else:
+        outs, t1_ts = y_t, [tmp_t if n == B else tmp_t[:n] for n in sizes]
+    # Everything a step touches, in processing order, built before the loop (list slicing and
+    # zip run in C) so the loop body is only the math.
+    args = list(zip(walk.steps, *(_ordered(v, reverse) for v in (g_np, g_t)), h_prev, c_prev,
+                    *(_ordered(v, reverse) for v in (i_np, f_np, gg_np, o_np, c_np, outs)), t1s, t1_ts))
 
+    tanh, multiply = np.tanh, np.multiply
     # Per-step ufuncs pass `out` positionally: ~15% less call overhead than the keyword.
     for k0, k1, r0, r1 in plan.chunks:
-        np.multiply(gates_x[r0:r1], scale, gates[r0:r1])
-        for t, n, prev_t, prev_n in walk.steps[k0:k1]:
-            if prev_t < 0:
-                h_prev = h0_t if n == B else h0_t[:n]
-                c_prev = c0[:n]
-            elif prev_n >= n:
-                h_prev = y_t[prev_t] if prev_n == n else y_t[prev_t][:n]
-                c_prev = c_np[prev_t][:n]
-            else:
-                # Reverse direction of a packed batch: rows prev_n..n-1 start here from h0 / c0.
-                if h_mix is None:
-                    h_mix, c_mix = np.empty_like(h0), np.empty_like(c0)
-                h_mix[:prev_n], h_mix[prev_n:n] = y_np[prev_t], h0[prev_n:n]
-                c_mix[:prev_n], c_mix[prev_n:n] = c_np[prev_t], c0[prev_n:n]
-                h_prev, c_prev = torch.from_numpy(h_mix[:n]), c_mix[:n]
-
-            g = g_np[t]
-            g_t[t].addmm_(h_prev, w_t)
-            np.tanh(g, g)
+        multiply(gates_x[r0:r1], scale, gates[r0:r1])
+        for step, g, g_t, hp, cp, i, f, gg, o, c, out, t1, t1_t in args[k0:k1]:
+            if hp is None:
+                hp, cp = _gather_previous(step, y_np, c_np, h0, c0)
+            g_t.addmm_(hp, w_t)
+            tanh(g, g)
             g *= scale
             g += shift
-
-            c = c_np[t]
-            np.multiply(c_prev, f_np[t], c)
-            t1 = tmp if n == B else tmp[:n]
-            np.multiply(i_np[t], gg_np[t], t1)
+            multiply(cp, f, c)
+            multiply(i, gg, t1)
             c += t1
-            np.tanh(c, t1)
-            if w_hr_t is None:
-                np.multiply(t1, o_np[t], y_np[t])
+            tanh(c, t1)
+            if t1_t is None:
+                multiply(t1, o, out)
             else:
-                t1 *= o_np[t]
-                torch.mm(tmp_t if n == B else tmp_t[:n], w_hr_t, out=y_t[t])
+                t1 *= o
+                torch.mm(t1_t, w_hr_t, out=out)
 
     h_n, c_n = h0.copy(), c0.copy()
     for t, b0, b1 in plan.final_rows:
@@ -354,30 +398,35 @@ def lstm_backward(
     w_t, d_h0_t, dr_t = torch.from_numpy(w_hh), torch.from_numpy(d_h0), torch.from_numpy(dr_buf)
     w_hr_t = None if w_hr is None else torch.from_numpy(w_hr)
 
+    # Rows that are ever active receive d_h0 from the step that starts them (accumulated onto
+    # zero); rows that never are keep grad_hn.
+    d_h0[: max(walk.sizes, default=0)] = 0
+    sizes = _ordered(walk.sizes, reverse)
+    states = {n: (dc[:n], dc[:n, None, :], tmp[:n]) for n in set(walk.sizes)}
+    if w_hr_t is None:
+        drs = _ordered(dh_np, reverse)
+        proj_in = proj_out = itertools.repeat(None)
+    else:
+        drs = [dr_buf[:n] for n in sizes]
+        proj_in, proj_out = _ordered(dh_t, reverse), [dr_t[:n] for n in sizes]
+    # As in the forward: all views first, so the loop body is only the math.
+    args = list(zip(drs, proj_in, proj_out, *(_ordered(v, reverse) for v in (a_np, d3_np, do_np, f_np)),
+                    [states[n] for n in sizes], _flows(walk, dh_t, d_h0_t, dg_t)))
+
+    multiply = np.multiply
     for (k0, k1, r0, r1), pieces in zip(reversed(plan.chunks), reversed(plan.chunk_pieces)):
         _gate_derivatives(gates, cells, c0, pieces, slice(r0, r1), d_gates, a_coef, r)
-        for t, n, prev_t, prev_n in reversed(walk.steps[k0:k1]):
-            if w_hr_t is None:
-                dr = dh_np[t]
-            else:
-                dr = dr_buf if n == B else dr_buf[:n]
-                torch.mm(dh_t[t], w_hr_t, out=dr_t if n == B else dr_t[:n])
-            dc_n = dc if n == B else dc[:n]
-            t1 = tmp if n == B else tmp[:n]
-            np.multiply(dr, a_np[t], t1)
+        for dr, p_in, p_out, a, d3, do, f, (dc_n, dc_3, t1), (target, src, extra) in reversed(args[k0:k1]):
+            if p_in is not None:
+                torch.mm(p_in, w_hr_t, out=p_out)
+            multiply(dr, a, t1)
             dc_n += t1
-            np.multiply(d3_np[t], dc_n[:, None, :], d3_np[t])
-            np.multiply(do_np[t], dr, do_np[t])
-            dc_n *= f_np[t]
-            # Flow into the previous step's dh (or d_h0 for rows that start here).
-            dg = dg_t[t]
-            if prev_t < 0:
-                torch.mm(dg, w_t, out=d_h0_t if n == B else d_h0_t[:n])
-            elif prev_n >= n:
-                (dh_t[prev_t] if prev_n == n else dh_t[prev_t][:n]).addmm_(dg, w_t)
-            else:
-                dh_t[prev_t].addmm_(dg[:prev_n], w_t)
-                torch.mm(dg[prev_n:], w_t, out=d_h0_t[prev_n:n])
+            multiply(d3, dc_3, d3)
+            multiply(do, dr, do)
+            dc_n *= f
+            target.addmm_(src, w_t)
+            if extra is not None:
+                extra[0].addmm_(extra[1], w_t)
 
     with stage("weight_grad_gemm"):
         d_w_hh = np.zeros((G, P), dtype=dtype)
