@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python scripts/bench.py --quick
 
 profile: $(STAMP)
-	$(BIN)/python scripts/profile.py
+	$(BIN)/python scripts/profile_lstm.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
