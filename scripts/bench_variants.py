@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="one shape, short budgets")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--no-checkpoint", action="store_true", help="skip the checkpointing measurement")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch threads (default: all cores)")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
