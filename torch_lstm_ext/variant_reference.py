@@ -60,22 +60,18 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _row_mean(x: np.ndarray) -> np.ndarray:
-    """Mean over the last axis, kept: np.add.reduce skips np.mean's Python-level wrapper, which
-    costs more than the arithmetic on these per-step rows."""
-    return np.add.reduce(x, axis=-1, keepdims=True) * (1.0 / x.shape[-1])
-
-
 def _normalize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Layer norm over the last axis without affine: (x_hat, 1/std), biased variance, eps 1e-5."""
-    centered = x - _row_mean(x)
-    rstd = 1.0 / np.sqrt(_row_mean(centered * centered) + LN_EPS)
+    centered = x - x.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + LN_EPS)
     return centered * rstd, rstd
 
 
 def _normalize_backward(d_xhat: np.ndarray, xhat: np.ndarray, rstd: np.ndarray) -> np.ndarray:
     """Gradient through _normalize: d_x from d_x_hat."""
-    return rstd * (d_xhat - _row_mean(d_xhat) - xhat * _row_mean(d_xhat * xhat))
+    return rstd * (
+        d_xhat - d_xhat.mean(axis=-1, keepdims=True) - xhat * (d_xhat * xhat).mean(axis=-1, keepdims=True)
+    )
 
 
 def _previous(history: np.ndarray, initial: np.ndarray, step: Step) -> np.ndarray:
@@ -198,15 +194,6 @@ def lstm_variant_backward(
         tanh_out = np.tanh(c_cand)
     if v.ln_hh is not None:
         xhat_hh, rstd_hh = _normalize(_mm(h_prev, w_hh.T))
-    # The local derivatives of every step at once, so the step loop multiplies only the incoming
-    # gradients: blocks i, f, g scale dc~; o scales dh~ (into z_o); `through_tanh` scales dh~
-    # (into the cell, through tanh).
-    local = np.empty((N, 4, H), dtype=dtype)
-    local[:, 0] = g * i * (1.0 - i)
-    local[:, 1] = c_prev * f * (1.0 - f)
-    local[:, 2] = i * (1.0 - g * g)
-    local[:, 3] = tanh_out * o * (1.0 - o)
-    through_tanh = o * (1.0 - tanh_out * tanh_out)
 
     d_gates = np.empty((N, G), dtype=dtype)
     d_hh = np.empty((N, G), dtype=dtype) if v.ln_hh is not None else d_gates
@@ -240,12 +227,9 @@ def lstm_variant_backward(
             d_h_cand_all[rows] = dh_cand
             dh_cand = _mm(dh_cand, w_hr)
 
-        d_pre = d_gates[rows]
-        d_blocks = d_pre.reshape(n, 4, H)
-        dpo = d_blocks[:, 3]
-        np.multiply(dh_cand, local[rows, 3], out=dpo)
-        clamp(dpo)
-        d_out = dh_cand * through_tanh[rows]
+        o_r, t_r = o[rows], tanh_out[rows]
+        dpo = clamp(dh_cand * t_r * o_r * (1.0 - o_r))
+        d_out = dh_cand * o_r * (1.0 - t_r * t_r)
         if v.ln_c is not None:
             d_ln_c[0] += (d_out * xhat_c[rows]).sum(axis=0)
             d_ln_c[1] += d_out.sum(axis=0)
@@ -258,18 +242,20 @@ def lstm_variant_backward(
         if v.cell_clip is not None:
             dc_cand *= np.abs(c_raw[rows]) <= v.cell_clip
 
-        np.multiply(dc_cand[:, None, :], local[rows, :3], out=d_blocks[:, :3])
-        clamp(d_blocks[:, :3])
-        dpi, dpf = d_blocks[:, 0], d_blocks[:, 1]
-        dc_p = dc_cand * f[rows]
+        i_r, f_r, g_r, cp_r = i[rows], f[rows], g[rows], c_prev[rows]
+        dpi = clamp(dc_cand * g_r * i_r * (1.0 - i_r))
+        dpf = clamp(dc_cand * cp_r * f_r * (1.0 - f_r))
+        dpg = clamp(dc_cand * i_r * (1.0 - g_r * g_r))
+        dc_p = dc_cand * f_r
         if v.peephole is not None:
-            cp_r = c_prev[rows]
             dc_p += dpi * v.peephole[0] + dpf * v.peephole[1]
             d_peephole[0] += (dpi * cp_r).sum(axis=0)
             d_peephole[1] += (dpf * cp_r).sum(axis=0)
         if dc_prev_direct is not None:
             dc_p += dc_prev_direct
 
+        d_pre = d_gates[rows]
+        d_pre[:, :H], d_pre[:, H : 2 * H], d_pre[:, 2 * H : 3 * H], d_pre[:, 3 * H :] = dpi, dpf, dpg, dpo
         if v.ln_hh is not None:
             d_ln_hh += (d_pre * xhat_hh[rows]).sum(axis=0)
             d_hh[rows] = _normalize_backward(d_pre * v.ln_hh, xhat_hh[rows], rstd_hh[rows])
