@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import assert_same_results, twin_lstms
+from support import LAYER_NORM_BF16_TOLERANCE, assert_same_results, twin_lstms
 from torch.nn.utils.rnn import pack_sequence
 from triton_support import (
-    LAYER_NORM_BF16_TOLERANCE,
     assert_matches_reference,
     make_case,
     outputs_and_grads_on_device,

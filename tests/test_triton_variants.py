@@ -19,10 +19,9 @@ if os.environ.get("TRITON_INTERPRET") != "1":
                 allow_module_level=True)
 
 import torch
-from support import assert_same_results, outputs_and_grads
+from support import LAYER_NORM_BF16_TOLERANCE, assert_same_results, outputs_and_grads
 from torch.nn.utils.rnn import pack_sequence
 from triton_support import (
-    LAYER_NORM_BF16_TOLERANCE,
     assert_matches_reference,
     count_triton_calls,
     make_case,
