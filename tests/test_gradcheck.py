@@ -95,3 +95,18 @@ def test_double_backward_matches_nn_lstm():
         results.append(torch.autograd.grad(penalty, [x, *module.parameters()]))
     for expected, actual in zip(*results):
         torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_create_graph_gradients_equal_the_kernel_gradients_packed_bidirectional():
+    """create_graph=True switches the backward to the torch-ops recomputation: its first-order
+    gradients must equal the kernels' (gradgradcheck alone accepts any self-consistent one)."""
+    torch.manual_seed(0)
+    lstm = torch_lstm_ext.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2, dtype=DT)
+    seqs = [torch.randn(n, 3, dtype=DT, requires_grad=True) for n in (4, 1, 6, 3)]
+    results = []
+    for create_graph in (False, True):
+        out, (h_n, c_n) = lstm(pack_sequence(seqs, enforce_sorted=False))
+        loss = out.data.pow(2).sum() + h_n.sum() + c_n.pow(2).sum()
+        results.append(torch.autograd.grad(loss, [*seqs, *lstm.parameters()], create_graph=create_graph))
+    for kernel, recomputed in zip(*results):
+        torch.testing.assert_close(recomputed.detach(), kernel, rtol=1e-10, atol=1e-10)

@@ -215,3 +215,39 @@ BAD_VARIANTS = {
 def test_bad_variant_arguments(kwargs, error):
     with pytest.raises(error, match=next(iter(kwargs))):
         torch_lstm_ext.LSTM(I, H, **kwargs)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_gradgradcheck_with_variants(training):
+    """Second-order gradients (the torch-ops recomputation) with every recurrence variant."""
+    kwargs = dict(peephole=True, layer_norm=True, zoneout_cell=0.3, zoneout_hidden=0.2, cell_clip=5.0, grad_clip=1e6)
+    module = _make(kwargs, dict(proj_size=2)).train(training)
+    x, hx = _inputs(module, T=3, B=2)
+    names = [n for n, _ in module.named_parameters()]
+
+    def fn(x, h0, c0, *weights):
+        torch.manual_seed(5)
+        out, (h_n, c_n) = torch.func.functional_call(module, dict(zip(names, weights)), (x, (h0, c0)))
+        return out, h_n, c_n
+
+    params = [p.detach().clone().requires_grad_() for p in module.parameters()]
+    assert torch.autograd.gradgradcheck(fn, (x, *hx, *params))
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_create_graph_gradients_equal_the_kernel_gradients(training):
+    """With create_graph=True the backward runs the torch-ops recomputation instead of the
+    kernels; its first-order gradients must be the kernels' (gradgradcheck alone would accept a
+    recomputation that is self-consistent but wrong)."""
+    kwargs = dict(peephole=True, layer_norm=True, zoneout_cell=0.3, zoneout_hidden=0.2, cell_clip=0.5,
+                  grad_clip=0.05)
+    module = _make(kwargs, dict(proj_size=2, bidirectional=True)).train(training)
+    x, hx = _inputs(module)
+    results = []
+    for create_graph in (False, True):
+        torch.manual_seed(5)
+        out, (h_n, c_n) = module(x, hx)
+        loss = (out * torch.linspace(-1, 1, out.shape[-1], dtype=DT)).sum() + h_n.pow(2).sum() + c_n.sum()
+        results.append(torch.autograd.grad(loss, [x, *hx, *module.parameters()], create_graph=create_graph))
+    for kernel, recomputed in zip(*results):
+        assert_close(recomputed.detach(), kernel)
