@@ -26,7 +26,7 @@ def lstm_cases(draw):
     return config, lengths, kind, draw(st.booleans()), draw(st.integers(0, 2**31 - 1))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)  # same examples every run: CI stays reproducible
 @given(lstm_cases())
 def test_random_configurations_match_nn_lstm(case):
     config, lengths, kind, with_hx, seed = case
