@@ -30,57 +30,23 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from torch_lstm_ext import schedule
 from torch_lstm_ext.profiling import stage
+from torch_lstm_ext.schedule import Step, Walk
 
 # Bulk passes work on chunks of about this many bytes of gates, so the per-step loop that
 # follows finds them in L2 cache.
 _CHUNK_BYTES = 1 << 20
 
 
-class _Step(NamedTuple):
-    """One step in processing order: time index t with n active rows, and the step before it
-    (prev_t = -1 for the first step, whose previous state is h0 / c0)."""
-
-    t: int
-    n: int
-    prev_t: int
-    prev_n: int
-
-
-class _Walk(NamedTuple):
-    """sizes / offsets: rows and first row of each time step (time order); steps: processing order;
-    uniform: every step has all B rows (not packed)."""
-
-    sizes: list[int]
-    offsets: list[int]
-    steps: list[_Step]
-    uniform: bool
-
-
-def _walk(packed_sizes: tuple[int, ...] | None, num_rows: int, batch: int, reverse: bool) -> _Walk:
-    if packed_sizes is None:
-        steps = num_rows // batch if batch else 0
-        sizes, offsets = [batch] * steps, list(range(0, steps * batch, batch))
-    else:
-        sizes = list(packed_sizes)
-        offsets = [0, *itertools.accumulate(sizes[:-1])] if sizes else []
-    order = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))
-    steps = []
-    prev_t, prev_n = -1, 0
-    for t in order:
-        steps.append(_Step(t, sizes[t], prev_t, prev_n))
-        prev_t, prev_n = t, sizes[t]
-    return _Walk(sizes, offsets, steps, packed_sizes is None)
-
-
-def _views(a: np.ndarray, walk: _Walk) -> list[np.ndarray]:
+def _views(a: np.ndarray, walk: Walk) -> list[np.ndarray]:
     """Per time step views of the rows of `a` (any trailing shape)."""
     if walk.uniform and walk.sizes:
         return list(a.reshape(len(walk.sizes), walk.sizes[0], *a.shape[1:]))
     return [a[o : o + n] for o, n in zip(walk.offsets, walk.sizes)]
 
 
-def _torch_views(a: np.ndarray, walk: _Walk) -> tuple[torch.Tensor, ...]:
+def _torch_views(a: np.ndarray, walk: Walk) -> tuple[torch.Tensor, ...]:
     """Per time step zero-copy torch views of the rows of `a` (one C++ call, not T slices)."""
     return torch.from_numpy(a).split_with_sizes(walk.sizes)
 
@@ -89,7 +55,7 @@ def _blocks(a: np.ndarray, H: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
 
 
-def _chunks(walk: _Walk, row_bytes: int) -> list[tuple[int, int, int, int]]:
+def _chunks(walk: Walk, row_bytes: int) -> list[tuple[int, int, int, int]]:
     """Runs of consecutive steps (k0, k1 in processing order) covering rows [r0, r1)."""
     limit = max(1, _CHUNK_BYTES // max(row_bytes, 1))
     chunks = []
@@ -104,7 +70,7 @@ def _chunks(walk: _Walk, row_bytes: int) -> list[tuple[int, int, int, int]]:
     return chunks
 
 
-def _previous_pieces(walk: _Walk, steps: range) -> list[tuple[int, int, int, bool]]:
+def _previous_pieces(walk: Walk, steps: range) -> list[tuple[int, int, int, bool]]:
     """Where each row of `steps` reads its previous state: (row, source_row, length, from_initial).
 
     Source rows index the history (`y` or `cells`) or, when from_initial, h0 / c0. Adjacent
@@ -134,7 +100,7 @@ def _previous_pieces(walk: _Walk, steps: range) -> list[tuple[int, int, int, boo
     return merged
 
 
-def _final_rows(walk: _Walk) -> list[tuple[int, int, int]]:
+def _final_rows(walk: Walk) -> list[tuple[int, int, int]]:
     """(t, b0, b1): batch rows b0..b1-1 take their final state at time step t."""
     ends = []
     steps = walk.steps
@@ -149,7 +115,7 @@ class _Plan(NamedTuple):
     """Everything about a call that depends only on the shapes: the walk, its chunks with the
     previous-state pieces of each, the pieces of the whole sequence, and where states end."""
 
-    walk: _Walk
+    walk: Walk
     chunks: list[tuple[int, int, int, int]]
     chunk_pieces: list[list[tuple[int, int, int, bool]]]
     pieces: list[tuple[int, int, int, bool]]
@@ -159,7 +125,7 @@ class _Plan(NamedTuple):
 @functools.lru_cache(maxsize=128)
 def _cached_plan(packed_sizes: tuple[int, ...] | None, num_rows: int, batch: int, reverse: bool,
                  row_bytes: int) -> _Plan:
-    walk = _walk(packed_sizes, num_rows, batch, reverse)
+    walk = schedule.walk(packed_sizes, num_rows, batch, reverse)
     chunks = _chunks(walk, row_bytes)
     return _Plan(walk, chunks, [_previous_pieces(walk, range(k0, k1)) for k0, k1, _, _ in chunks],
                  _previous_pieces(walk, range(len(walk.steps))), _final_rows(walk))
@@ -176,7 +142,7 @@ def _ordered(items, reverse: bool):
     return items[::-1] if reverse else items
 
 
-def _previous_states(walk: _Walk, h_hist, c_hist, h0, c0) -> tuple[list, list]:
+def _previous_states(walk: Walk, h_hist, c_hist, h0, c0) -> tuple[list, list]:
     """Per step in processing order, the rows its previous state comes from: views of the previous
     step's history (h as torch views, c as NumPy) or of h0 / c0. None where some rows continue and
     some start (the reverse direction of a packed batch): `_gather_previous` builds those in the
@@ -196,7 +162,7 @@ def _previous_states(walk: _Walk, h_hist, c_hist, h0, c0) -> tuple[list, list]:
     return hs, cs
 
 
-def _gather_previous(step: _Step, y_np: list, c_np: list, h0: np.ndarray, c0: np.ndarray):
+def _gather_previous(step: Step, y_np: list, c_np: list, h0: np.ndarray, c0: np.ndarray):
     """(h torch [n, P], c NumPy [n, H]) for a step whose rows prev_n..n-1 start from h0 / c0."""
     _, n, prev_t, prev_n = step
     h = np.concatenate((y_np[prev_t], h0[prev_n:n]))
@@ -204,7 +170,7 @@ def _gather_previous(step: _Step, y_np: list, c_np: list, h0: np.ndarray, c0: np
     return torch.from_numpy(h), c
 
 
-def _flows(walk: _Walk, dh_t, d_h0_t, dg_t) -> list:
+def _flows(walk: Walk, dh_t, d_h0_t, dg_t) -> list:
     """Per step in processing order, where its gate gradients flow through W_hh: (target, source,
     extra), each target += source @ W_hh. The target is the previous step's dh rows, or d_h0 for
     the first step; extra (else None) is the d_h0 part of a step whose rows partly start there."""

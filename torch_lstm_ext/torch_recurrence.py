@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from torch_lstm_ext.schedule import step_schedule
+from torch_lstm_ext.schedule import step_rows, walk_batch_sizes
 from torch_lstm_ext.variant_reference import LN_EPS
 
 
@@ -54,15 +54,15 @@ def lstm_recurrence(
     zc = None if zoneout_c is None else zoneout_c.reshape(-1, zoneout_c.shape[-1])
     zh = None if zoneout_h is None else zoneout_h.reshape(-1, zoneout_h.shape[-1])
     B = h0.shape[0]
-    sizes = None if batch_sizes is None else batch_sizes.cpu().numpy()
 
     def clip_grad(x: Tensor) -> Tensor:
         return x if grad_clip is None else _ClampGrad.apply(x, grad_clip)
 
     h, c = h0, c0
     outputs: dict[int, Tensor] = {}
-    for step in step_schedule(sizes, flat.shape[0], B, reverse):
-        n, rows = step.n, slice(step.offset, step.offset + step.n)
+    w = walk_batch_sizes(None if batch_sizes is None else batch_sizes.cpu(), flat.shape[0], B, reverse)
+    for step in w.steps:
+        n, rows = step.n, step_rows(w, step)
         h_p, c_p = h[:n], c[:n]
         hh = h_p @ w_hh.T
         if ln_hh_weight is not None:
@@ -85,8 +85,8 @@ def lstm_recurrence(
             c_new = zc[rows] * c_p + (1 - zc[rows]) * c_new
         if zh is not None:
             h_new = zh[rows] * h_p + (1 - zh[rows]) * h_new
-        outputs[step.offset] = h_new
+        outputs[step.t] = h_new
         h = torch.cat((h_new, h[n:]))
         c = torch.cat((c_new, c[n:]))
-    y = torch.cat([outputs[offset] for offset in sorted(outputs)])
+    y = torch.cat([outputs[t] for t in sorted(outputs)])
     return y.reshape(*gates_x.shape[:-1], y.shape[-1]), h, c

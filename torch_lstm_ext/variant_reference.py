@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from torch_lstm_ext.schedule import Step, step_schedule
+from torch_lstm_ext.schedule import Step, Walk, step_rows, walk_batch_sizes
 
 LN_EPS = 1e-5
 
@@ -74,12 +74,14 @@ def _normalize_backward(d_xhat: np.ndarray, xhat: np.ndarray, rstd: np.ndarray) 
     )
 
 
-def _previous(history: np.ndarray, initial: np.ndarray, step: Step) -> np.ndarray:
+def _previous(history: np.ndarray, initial: np.ndarray, w: Walk, step: Step) -> np.ndarray:
     """The states the active rows of `step` started from, [n, features] (a fresh array)."""
-    n, m = step.n, (step.prev_n if step.prev_offset >= 0 else 0)
+    n, m = step.n, (step.prev_n if step.prev_t >= 0 else 0)
     out = np.empty((n, history.shape[1]), dtype=history.dtype)
     k = min(n, m)
-    out[:k] = history[step.prev_offset : step.prev_offset + k]
+    if k:
+        start = w.offsets[step.prev_t]
+        out[:k] = history[start : start + k]
     out[k:] = initial[k:n]
     return out
 
@@ -106,8 +108,9 @@ def lstm_variant_forward(
     h = np.array(h0, dtype=dtype, copy=True)
     c = np.array(c0, dtype=dtype, copy=True)
 
-    for step in step_schedule(batch_sizes, N, B, reverse):
-        rows, n = slice(step.offset, step.offset + step.n), step.n
+    w = walk_batch_sizes(batch_sizes, N, B, reverse)
+    for step in w.steps:
+        rows, n = step_rows(w, step), step.n
         h_p, c_p = h[:n], c[:n]
         hh = _mm(h_p, w_hh.T)
         if v.ln_hh is not None:
@@ -176,14 +179,14 @@ def lstm_variant_backward(
     N, G = gates.shape
     H = G // 4
     B, P = h0.shape
-    steps = step_schedule(batch_sizes, N, B, reverse)
+    w = walk_batch_sizes(batch_sizes, N, B, reverse)
 
     c_prev = np.empty((N, H), dtype=dtype)
     h_prev = np.empty((N, P), dtype=dtype)
-    for step in steps:
-        rows = slice(step.offset, step.offset + step.n)
-        c_prev[rows] = _previous(cells, c0, step)
-        h_prev[rows] = _previous(y, h0, step)
+    for step in w.steps:
+        rows = step_rows(w, step)
+        c_prev[rows] = _previous(cells, c0, w, step)
+        h_prev[rows] = _previous(y, h0, w, step)
     i, f, g, o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
     c_raw = f * c_prev + i * g
     c_cand = c_raw if v.cell_clip is None else np.clip(c_raw, -v.cell_clip, v.cell_clip)
@@ -209,8 +212,8 @@ def lstm_variant_backward(
             np.clip(x, -v.grad_clip, v.grad_clip, out=x)
         return x
 
-    for step in reversed(steps):
-        rows, n = slice(step.offset, step.offset + step.n), step.n
+    for step in reversed(w.steps):
+        rows, n = step_rows(w, step), step.n
         dh_out = dh[:n] + grad_y[rows]
         dc_out = dc[:n]
         if v.zoneout_h is not None:

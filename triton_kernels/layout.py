@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from torch_lstm_ext.schedule import Step, step_schedule
+from torch_lstm_ext.schedule import RowStep, step_schedule
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Layout:
         """Sequences active at some step: batch rows 0..active-1."""
         return int(self.sizes.max()) if len(self.sizes) else 0
 
-    def steps(self) -> list[Step]:
+    def steps(self) -> list[RowStep]:
         """The forward's processing order (see schedule.step_schedule)."""
         return step_schedule(self.sizes, self.num_rows, self.batch, self.reverse)
 
