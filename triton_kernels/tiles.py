@@ -50,3 +50,19 @@ def load_state(hist_ptr, init_ptr, prev_offset, prev_n, rows, cols, n, width):
     return load_rows(hist_ptr, hist_rows, cols, width, from_hist) + load_rows(
         init_ptr, rows.to(tl.int64), cols, width, from_init
     )
+
+
+@triton.jit
+def project_tile(r_ptr, w_hr_ptr, rows, cols, row_ok, col_ok, H: tl.constexpr,
+                 DOT_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    """fp32 tile of r @ W_hr^T: rows of r [*, H] times columns `cols` of W_hr [P, H] -> [R, C]."""
+    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < H
+        r = load_rows(r_ptr, rows.to(tl.int64), ks, H, row_ok[:, None] & k_ok[None, :])
+        w_mask = k_ok[:, None] & col_ok[None, :]
+        w = tl.load(w_hr_ptr + cols[None, :] * H + ks[:, None], mask=w_mask, other=0.0).to(tl.float32)
+        acc = dot_acc(r, w, acc, DOT_DTYPE)
+    return acc

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch_lstm_ext.triton_kernels.buffers import kernel_output
 from torch_lstm_ext.triton_kernels.layer_norm import normalize, normalize_gates
 from torch_lstm_ext.triton_kernels.layout import Layout
-from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, load_state, tanh
+from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, load_state, project_tile, tanh
 from torch_lstm_ext.triton_kernels.tuning import (
     STEP_CONFIGS,
     batch_block,
@@ -152,14 +152,7 @@ def lstm_variant_project_kernel(
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     row_ok = rows < n
     col_ok = cols < P
-    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < H
-        r = load_rows(r_ptr, rows.to(tl.int64), ks, H, row_ok[:, None] & k_ok[None, :])
-        w_mask = k_ok[:, None] & col_ok[None, :]
-        w = tl.load(w_hr_ptr + cols[None, :] * H + ks[:, None], mask=w_mask, other=0.0).to(tl.float32)
-        acc = dot_acc(r, w, acc, DOT_DTYPE)
+    acc = project_tile(r_ptr, w_hr_ptr, rows, cols, row_ok, col_ok, H, DOT_DTYPE, BLOCK_B, BLOCK_H, BLOCK_K)
     out_rows = (offset + rows).to(tl.int64)
     mask = row_ok[:, None] & col_ok[None, :]
     if ZONEOUT_H:
