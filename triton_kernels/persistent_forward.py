@@ -15,7 +15,7 @@ import triton.language as tl
 from torch import Tensor
 
 from torch_lstm_ext.triton_kernels.buffers import kernel_output
-from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, tanh
+from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, store_gates, tanh
 from torch_lstm_ext.triton_kernels.tuning import dot_dtype, feature_block
 
 # Small batch tiles leave more programs for the SMs; 16 is tl.dot's minimum M.
@@ -84,11 +84,7 @@ def lstm_persistent_forward_kernel(
             h_new = dot_acc(r, w_r, tl.zeros((BLOCK_B, BLOCK_P), dtype=tl.float32), DOT_DTYPE)
         else:
             h_new = r
-        gate_ptrs = gates_ptr + out_rows[:, None] * G + hs[None, :]
-        tl.store(gate_ptrs, i, mask=mask)
-        tl.store(gate_ptrs + H, f, mask=mask)
-        tl.store(gate_ptrs + 2 * H, g, mask=mask)
-        tl.store(gate_ptrs + 3 * H, o, mask=mask)
+        store_gates(gates_ptr, out_rows, hs, i, f, g, o, mask, H)
         tl.store(cells_ptr + out_rows[:, None] * H + hs[None, :], c_new, mask=mask)
         y_mask = active[:, None] & (ps < P)[None, :]
         y_ptrs = y_ptr + out_rows[:, None] * P + ps[None, :]

@@ -18,7 +18,14 @@ from torch import Tensor
 
 from torch_lstm_ext.triton_kernels.buffers import kernel_output
 from torch_lstm_ext.triton_kernels.layout import Layout
-from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, load_state, project_tile, tanh
+from torch_lstm_ext.triton_kernels.tiles import (
+    dot_acc,
+    load_rows,
+    load_state,
+    project_tile,
+    store_gates,
+    tanh,
+)
 from torch_lstm_ext.triton_kernels.tuning import STEP_CONFIGS, batch_block, dot_dtype, step_grid
 
 
@@ -70,11 +77,7 @@ def lstm_step_forward_kernel(
     c = f * load_state(cells_ptr, c0_ptr, prev_offset, prev_n, rows, cols, n, H) + i * g
     r = o * tanh(c)
 
-    gate_ptrs = gates_ptr + out_rows[:, None] * G + cols[None, :]
-    tl.store(gate_ptrs, i, mask=mask)
-    tl.store(gate_ptrs + H, f, mask=mask)
-    tl.store(gate_ptrs + 2 * H, g, mask=mask)
-    tl.store(gate_ptrs + 3 * H, o, mask=mask)
+    store_gates(gates_ptr, out_rows, cols, i, f, g, o, mask, H)
     tl.store(cells_ptr + out_rows[:, None] * H + cols[None, :], c, mask=mask)
     if HAS_PROJ:
         r_ptrs = r_ptr + rows.to(tl.int64)[:, None] * H + cols[None, :]

@@ -66,3 +66,13 @@ def project_tile(r_ptr, w_hr_ptr, rows, cols, row_ok, col_ok, H: tl.constexpr,
         w = tl.load(w_hr_ptr + cols[None, :] * H + ks[:, None], mask=w_mask, other=0.0).to(tl.float32)
         acc = dot_acc(r, w, acc, DOT_DTYPE)
     return acc
+
+
+@triton.jit
+def store_gates(gates_ptr, out_rows, cols, i, f, g, o, mask, H: tl.constexpr):
+    """Write a tile of the activated gates i, f, g, o into rows out_rows of gates [N, 4H]."""
+    gate_ptrs = gates_ptr + out_rows[:, None] * (4 * H) + cols[None, :]
+    tl.store(gate_ptrs, i, mask=mask)
+    tl.store(gate_ptrs + H, f, mask=mask)
+    tl.store(gate_ptrs + 2 * H, g, mask=mask)
+    tl.store(gate_ptrs + 3 * H, o, mask=mask)

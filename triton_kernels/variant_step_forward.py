@@ -21,7 +21,14 @@ from torch import Tensor
 from torch_lstm_ext.triton_kernels.buffers import kernel_output
 from torch_lstm_ext.triton_kernels.layer_norm import normalize, normalize_gates
 from torch_lstm_ext.triton_kernels.layout import Layout
-from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, load_state, project_tile, tanh
+from torch_lstm_ext.triton_kernels.tiles import (
+    dot_acc,
+    load_rows,
+    load_state,
+    project_tile,
+    store_gates,
+    tanh,
+)
 from torch_lstm_ext.triton_kernels.tuning import (
     STEP_CONFIGS,
     batch_block,
@@ -124,11 +131,7 @@ def lstm_variant_step_kernel(
         m = load_rows(zc_ptr, out_rows, hs, H, mask)
         c = m * c_prev + (1.0 - m) * c
 
-    gate_ptrs = gates_ptr + out_rows[:, None] * G + hs[None, :]
-    tl.store(gate_ptrs, i, mask=mask)
-    tl.store(gate_ptrs + H, f, mask=mask)
-    tl.store(gate_ptrs + 2 * H, g, mask=mask)
-    tl.store(gate_ptrs + 3 * H, o, mask=mask)
+    store_gates(gates_ptr, out_rows, hs, i, f, g, o, mask, H)
     tl.store(cells_ptr + out_rows[:, None] * H + hs[None, :], c, mask=mask)
     if HAS_PROJ:
         tl.store(r_ptr + state_rows[:, None] * H + hs[None, :], r.to(r_ptr.dtype.element_ty), mask=mask)
