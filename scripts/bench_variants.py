@@ -23,12 +23,11 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from bench_measure import interleaved_medians, peak_memory_mib
 from bench_report import geomean
 from bench_shapes import CHECKPOINT_CASES, VARIANT_CASES, VARIANT_QUICK, Case
 from tqdm import tqdm
-from variant_loop import VariantLoopLSTM
+from variant_loop import VariantLoopLSTM, call_with_fresh_masks
 
 import torch_lstm_ext
 
@@ -50,18 +49,6 @@ AGREEMENT = 1e-8
 MMAP_THRESHOLD = "131072"
 
 
-def _loop_call(loop: VariantLoopLSTM, x: torch.Tensor):
-    """Draw the masks in the package's documented order, then run the loop."""
-    ours, v = loop.ours, loop.v
-    w_hh = ours.weight_hh_l0
-    if v.weight_dropout:
-        w_hh = F.dropout(w_hh, v.weight_dropout, training=True)
-    shape = (*x.shape[:2], ours.hidden_size)
-    zc = x.new_empty(shape).bernoulli_(v.zoneout_cell) if v.zoneout_cell else None
-    zh = x.new_empty(shape).bernoulli_(v.zoneout_hidden) if v.zoneout_hidden else None
-    return loop(x, w_hh, zc, zh)
-
-
 def bench_variant(name: str, case: Case, budget_s: float) -> dict:
     torch.manual_seed(0)
     ours = torch_lstm_ext.LSTM(case.I, case.H, **VARIANTS[name]).train()
@@ -69,7 +56,7 @@ def bench_variant(name: str, case: Case, budget_s: float) -> dict:
     x = torch.randn(case.T, case.B, case.I)
     ours64 = copy.deepcopy(ours).double()
     torch.manual_seed(1)
-    expected = _loop_call(VariantLoopLSTM(ours64), x.double())
+    expected = call_with_fresh_masks(VariantLoopLSTM(ours64), x.double())
     torch.manual_seed(1)
     actual = ours64(x.double())[0]
     diff = (actual - expected).abs().max().item()
@@ -81,7 +68,7 @@ def bench_variant(name: str, case: Case, budget_s: float) -> dict:
             run().sum().backward()
         return call
 
-    calls = {"ours": step(lambda: ours(x)[0]), "loop": step(lambda: _loop_call(loop, x))}
+    calls = {"ours": step(lambda: ours(x)[0]), "loop": step(lambda: call_with_fresh_masks(loop, x))}
     resets = {n: (lambda: ours.zero_grad(set_to_none=True)) for n in calls}
     medians, rounds = interleaved_medians(calls, resets, "cpu", repeats=15, budget_s=budget_s)
     return dict(variant=name, case=case.label, ours_ms=1e3 * medians["ours"], loop_ms=1e3 * medians["loop"],

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: install the package, run the CUDA tests and the short GPU
-# benchmark. Writes gpu_check.log, cuda_tests.xml and gpu_bench.json under $OUT when set, else
+# benchmarks. Writes gpu_check.log, cuda_tests.xml, gpu_bench.json and gpu_bench_variants.json under $OUT when set, else
 # under scripts/results/. Every stage has a timeout; together they stay under 8 minutes.
 # Exit status: 0 when every stage passed.
 #
@@ -34,9 +34,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 "$py" -c "import pytest" || echo "!! pytest is not installed: the CUDA test stage will fail"
 
 stage install 60 "$py" -m pip install --no-deps --no-build-isolation -e .
-stage cuda-tests 240 "$py" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider -rfEs \
+stage cuda-tests 220 "$py" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider -rfEs \
     --junitxml "$results/cuda_tests.xml"
-stage benchmark 150 "$py" scripts/gpu_bench.py --out "$results"
+stage benchmark 110 "$py" scripts/gpu_bench.py --out "$results"
+stage variant-benchmark 90 "$py" scripts/gpu_bench_variants.py --out "$results"
 
 echo "== gpu_check: $([ "$failed" -eq 0 ] && echo PASSED || echo FAILED); results in $results"
 exit "$failed"

@@ -66,3 +66,16 @@ class VariantLoopLSTM(nn.Module):
             h, c = h_new, c_new
             outputs.append(h)
         return torch.stack(outputs)
+
+
+def call_with_fresh_masks(loop: VariantLoopLSTM, x: Tensor) -> Tensor:
+    """Draw the masks in the order torch_lstm_ext.LSTM draws them (weight_hh dropout, zoneout of
+    c, zoneout of h), then run the loop: with the same seed both see the same masks."""
+    ours, v = loop.ours, loop.v
+    w_hh = ours.weight_hh_l0
+    if v.weight_dropout:
+        w_hh = F.dropout(w_hh, v.weight_dropout, training=True)
+    shape = (*x.shape[:2], ours.hidden_size)
+    zc = x.new_empty(shape).bernoulli_(v.zoneout_cell) if v.zoneout_cell else None
+    zh = x.new_empty(shape).bernoulli_(v.zoneout_hidden) if v.zoneout_hidden else None
+    return loop(x, w_hh, zc, zh)

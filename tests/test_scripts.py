@@ -1,4 +1,4 @@
-"""Smoke tests of scripts/bench.py and scripts/profile_lstm.py on tiny shapes (no timing assertions)."""
+"""Smoke tests of the benchmark and profiling scripts on tiny shapes (no timing assertions)."""
 
 from __future__ import annotations
 
@@ -45,3 +45,17 @@ def test_profile_user_model_after_replace_lstm(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "backward_recurrence" in result.stdout
     assert "lstm_ext::recurrence" in (tmp_path / "prof" / "key_averages.txt").read_text()
+
+
+def test_gpu_benchmarks_dry_run_on_cpu(tmp_path):
+    """The GPU scripts run only where a GPU is lent; their --dry-run keeps the code paths alive."""
+    for script, name in (("gpu_bench.py", "gpu_bench_dry_run.json"),
+                         ("gpu_bench_variants.py", "gpu_bench_variants_dry_run.json")):
+        result = _run([str(SCRIPTS / script), "--dry-run", "--out", str(tmp_path)], tmp_path)
+        assert result.returncode == 0, result.stderr
+        data = json.loads((tmp_path / name).read_text())
+        assert data, script
+    variants = json.loads((tmp_path / "gpu_bench_variants_dry_run.json").read_text())
+    assert [row["variant"] for row in variants["variants"]] == ["peephole", "layer_norm", "zoneout", "all"]
+    assert all(row["max_abs_diff"] <= 1e-3 for row in variants["variants"])
+    assert [row["layers"] for row in variants["checkpoint"]] == [1, 2]

@@ -1,0 +1,115 @@
+"""The variants on a GPU: speed vs the same variant as a Python loop, and checkpointing's memory.
+
+Training mode, forward + backward, fp32, TF32 off. For each variant: ours (Triton) vs
+scripts/variant_loop.py on the same parameters and masks, after checking that both give the same
+output. Then checkpoint=True vs False at T = 1024: the growth of torch.cuda.max_memory_allocated
+over one training step (exact on CUDA, unlike the CPU's resident set) and the time ratio, both
+measured side by side in this run.
+
+    python scripts/gpu_bench_variants.py --out DIR          # on a GPU
+    python scripts/gpu_bench_variants.py --dry-run          # tiny shapes on the CPU: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from bench_measure import interleaved_medians, peak_memory_mib
+from variant_loop import VariantLoopLSTM, call_with_fresh_masks
+
+import torch_lstm_ext
+
+VARIANTS: dict[str, dict] = {
+    "peephole": dict(peephole=True),
+    "layer_norm": dict(layer_norm=True),
+    "zoneout": dict(zoneout_cell=0.1, zoneout_hidden=0.1),
+    "all": dict(peephole=True, layer_norm=True, zoneout_cell=0.1, zoneout_hidden=0.1, weight_dropout=0.2,
+                cell_clip=3.0, grad_clip=1.0),
+}
+# fp32 on both sides, but different summation orders over long sequences: agreement to this
+# bound says both compute the same function (a wrong equation is off by far more).
+AGREEMENT = 1e-3
+
+
+def bench_variant(name: str, shape: tuple[int, int, int, int], device: str, budget_s: float) -> dict:
+    T, B, I, H = shape
+    torch.manual_seed(0)
+    ours = torch_lstm_ext.LSTM(I, H, device=device, **VARIANTS[name]).train()
+    loop = VariantLoopLSTM(ours)
+    x = torch.randn(T, B, I, device=device)
+    torch.manual_seed(1)
+    expected = call_with_fresh_masks(loop, x)
+    torch.manual_seed(1)
+    diff = (ours(x)[0] - expected).abs().max().item()
+    if not diff <= AGREEMENT:
+        raise SystemExit(f"{name}: ours and the loop disagree by {diff:.2e}; not timing it")
+    calls = {"ours": lambda: ours(x)[0].sum().backward(),
+             "loop": lambda: call_with_fresh_masks(loop, x).sum().backward()}
+    resets = {n: (lambda: ours.zero_grad(set_to_none=True)) for n in calls}
+    medians, rounds = interleaved_medians(calls, resets, device, repeats=15, budget_s=budget_s)
+    return dict(variant=name, shape=list(shape), ours_ms=1e3 * medians["ours"], loop_ms=1e3 * medians["loop"],
+                speedup=medians["loop"] / medians["ours"], rounds=rounds, max_abs_diff=diff)
+
+
+def bench_checkpoint(shape: tuple[int, int, int, int], layers: int, device: str, budget_s: float) -> dict:
+    T, B, I, H = shape
+    x = torch.randn(T, B, I, device=device, requires_grad=True)
+    steps, resets, peaks = {}, {}, {}
+    for name in ("stored", "checkpoint"):
+        torch.manual_seed(0)
+        lstm = torch_lstm_ext.LSTM(I, H, num_layers=layers, device=device, checkpoint=name == "checkpoint")
+
+        def step(lstm=lstm) -> None:
+            lstm(x)[0].pow(2).mean().backward()
+
+        def reset(lstm=lstm) -> None:
+            lstm.zero_grad(set_to_none=True)
+            x.grad = None
+
+        step()  # warm-up: Triton compiles, the allocator settles
+        reset()
+        peaks[name] = peak_memory_mib(step, device)
+        reset()
+        steps[name], resets[name] = step, reset
+    medians, rounds = interleaved_medians(steps, resets, device, repeats=10, budget_s=budget_s, warmup=1)
+    return dict(shape=list(shape), layers=layers, stored_peak_mib=peaks["stored"],
+                checkpoint_peak_mib=peaks["checkpoint"],
+                memory_reduction=peaks["stored"] / peaks["checkpoint"],
+                stored_ms=1e3 * medians["stored"], checkpoint_ms=1e3 * medians["checkpoint"],
+                time_ratio=medians["checkpoint"] / medians["stored"], rounds=rounds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (NumPy backend)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    if args.dry_run:
+        device, budget = "cpu", 0.1
+        variant_shape, checkpoint_shape = (6, 2, 4, 8), (40, 2, 4, 8)
+    else:
+        device, budget = "cuda", 8.0
+        variant_shape, checkpoint_shape = (100, 64, 128, 256), (1024, 32, 128, 256)
+    results: dict[str, list] = {"variants": [], "checkpoint": []}
+    for name in VARIANTS:
+        row = bench_variant(name, variant_shape, device, budget)
+        results["variants"].append(row)
+        print(json.dumps(row), flush=True)
+    for layers in (1, 2):
+        row = bench_checkpoint(checkpoint_shape, layers, device, budget)
+        results["checkpoint"].append(row)
+        print(json.dumps(row), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / ("gpu_bench_variants_dry_run.json" if args.dry_run else "gpu_bench_variants.json")
+    path.write_text(json.dumps(results, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
