@@ -1,10 +1,10 @@
 """The variants on a GPU: speed vs the same variant as a Python loop, and checkpointing's memory.
 
 Training mode, forward + backward, fp32, TF32 off. For each variant: ours (Triton) vs
-scripts/variant_loop.py on the same parameters and masks, after checking that both give the same
-output. Then checkpoint=True vs False at T = 1024: the growth of torch.cuda.max_memory_allocated
-over one training step (exact on CUDA, unlike the CPU's resident set) and the time ratio, both
-measured side by side in this run.
+scripts/variant_loop.py on the same parameters and masks, after checking that ours is as accurate
+as the loop. Then checkpoint=True vs False at T = 1024: the growth of
+torch.cuda.max_memory_allocated over one training step (exact on CUDA, unlike the CPU's resident
+set) and the time ratio, both measured side by side in this run.
 
     python scripts/gpu_bench_variants.py --out DIR          # on a GPU
     python scripts/gpu_bench_variants.py --dry-run          # tiny shapes on the CPU: a smoke run
@@ -13,6 +13,7 @@ measured side by side in this run.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -29,9 +30,23 @@ VARIANTS: dict[str, dict] = {
     "all": dict(peephole=True, layer_norm=True, zoneout_cell=0.1, zoneout_hidden=0.1, weight_dropout=0.2,
                 cell_clip=3.0, grad_clip=1.0),
 }
-# fp32 on both sides, but different summation orders over long sequences: agreement to this
-# bound says both compute the same function (a wrong equation is off by far more).
-AGREEMENT = 1e-3
+
+
+def _max_errors(ours: torch_lstm_ext.LSTM, x: torch.Tensor) -> tuple[float, float]:
+    """Max abs error of ours and of the loop, both fp32, against the loop in float64, all three
+    drawing the same masks. Float64 on CUDA would run our NumPy path rather than the Triton
+    kernels, hence this test of accuracy instead of a float64 comparison; and a fixed fp32 bound
+    says little, as layer norm's fp32 rounding grows to ~1e-3 over a hundred steps in both."""
+
+    def seeded(run):
+        torch.manual_seed(1)
+        with torch.no_grad():
+            return run().double()
+
+    truth = seeded(lambda: call_with_fresh_masks(VariantLoopLSTM(copy.deepcopy(ours).double()), x.double()))
+    ours_out = seeded(lambda: ours(x)[0])
+    loop_out = seeded(lambda: call_with_fresh_masks(VariantLoopLSTM(ours), x))
+    return (ours_out - truth).abs().max().item(), (loop_out - truth).abs().max().item()
 
 
 def bench_variant(name: str, shape: tuple[int, int, int, int], device: str, budget_s: float) -> dict:
@@ -40,18 +55,18 @@ def bench_variant(name: str, shape: tuple[int, int, int, int], device: str, budg
     ours = torch_lstm_ext.LSTM(I, H, device=device, **VARIANTS[name]).train()
     loop = VariantLoopLSTM(ours)
     x = torch.randn(T, B, I, device=device)
-    torch.manual_seed(1)
-    expected = call_with_fresh_masks(loop, x)
-    torch.manual_seed(1)
-    diff = (ours(x)[0] - expected).abs().max().item()
-    if not diff <= AGREEMENT:
-        raise SystemExit(f"{name}: ours and the loop disagree by {diff:.2e}; not timing it")
+    ours_error, loop_error = _max_errors(ours, x)
+    # Ours may be no less accurate than the loop users write (with slack for a tiny loop error).
+    if not ours_error <= 2 * loop_error + 1e-5:
+        raise SystemExit(f"{name}: ours is off by {ours_error:.2e} against float64, "
+                         f"the loop by {loop_error:.2e}")
     calls = {"ours": lambda: ours(x)[0].sum().backward(),
              "loop": lambda: call_with_fresh_masks(loop, x).sum().backward()}
     resets = {n: (lambda: ours.zero_grad(set_to_none=True)) for n in calls}
     medians, rounds = interleaved_medians(calls, resets, device, repeats=15, budget_s=budget_s)
     return dict(variant=name, shape=list(shape), ours_ms=1e3 * medians["ours"], loop_ms=1e3 * medians["loop"],
-                speedup=medians["loop"] / medians["ours"], rounds=rounds, max_abs_diff=diff)
+                speedup=medians["loop"] / medians["ours"], rounds=rounds, ours_error=ours_error,
+                loop_error=loop_error)
 
 
 def bench_checkpoint(shape: tuple[int, int, int, int], layers: int, device: str, budget_s: float) -> dict:

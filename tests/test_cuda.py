@@ -5,6 +5,8 @@ runs it on a GPU machine.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from support import LAYER_NORM_BF16_TOLERANCE, assert_same_results, twin_lstms
@@ -20,14 +22,27 @@ from triton_support import (
 
 import torch_lstm_ext
 from torch_lstm_ext.config import BACKEND_ENV
+from torch_lstm_ext.triton_kernels.dispatch import persistent_weight_bytes
 
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-KERNELS = ["step", "persistent"]
+# Forced past this, the persistent kernel asks for more shared memory than an H200 has
+# (227 KiB; fp32 H = 128 asked for 264 KiB): dispatch.py never picks it there, so such
+# combinations are not generated.
+PERSISTENT_TESTABLE_BYTES = 192 * 1024
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SHAPES = [(32, 0, False, False), (32, 16, True, True), (128, 0, True, False), (96, 48, False, True)]
 
+
+def _kernel_cases():
+    """(kernel, dtype, H, proj, packed, reverse) for both kernels where each can run."""
+    for (H, proj, packed, reverse), (name, dtype) in itertools.product(SHAPES, DTYPES.items()):
+        yield pytest.param("step", dtype, H, proj, packed, reverse, id=f"step-{name}-H{H}-P{proj}")
+        if persistent_weight_bytes(H, proj or H, bool(proj), dtype) <= PERSISTENT_TESTABLE_BYTES:
+            yield pytest.param("persistent", dtype, H, proj, packed, reverse, id=f"persistent-{name}-H{H}-P{proj}")
 
 @pytest.fixture(autouse=True)
 def exact_fp32(monkeypatch):
@@ -37,14 +52,7 @@ def exact_fp32(monkeypatch):
     monkeypatch.setenv(BACKEND_ENV, "auto")
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("H,proj,packed,reverse", [
-    (32, 0, False, False),
-    (32, 16, True, True),
-    (128, 0, True, False),
-    (96, 48, False, True),
-])
+@pytest.mark.parametrize("kernel,dtype,H,proj,packed,reverse", _kernel_cases())
 def test_kernels_match_reference(kernel, dtype, H, proj, packed, reverse, monkeypatch):
     case = make_case(T=8, B=40, H=H, proj=proj, packed=packed, reverse=reverse, dtype=dtype, device="cuda")
     assert_matches_reference(run_kernel(case, kernel), run_op(case, "numpy", monkeypatch), dtype)

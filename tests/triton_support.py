@@ -161,7 +161,9 @@ def outputs_and_grads_on_device(module: torch.nn.Module, input, seed: int = 0):
     out = output.data if isinstance(output, torch.nn.utils.rnn.PackedSequence) else output
     gen = torch.Generator().manual_seed(seed)
     loss = sum((t * torch.randn(t.shape, generator=gen).to(t.device, t.dtype)).sum() for t in (out, h_n, c_n))
-    leaves = {f"param.{name}": p for name, p in module.named_parameters()}
+    # A torch.compile'd module names its parameters "_orig_mod.<name>": report the plain names.
+    named = getattr(module, "_orig_mod", module).named_parameters()
+    leaves = {f"param.{name}": p for name, p in named}
     leaves["input"] = input.data if isinstance(input, torch.nn.utils.rnn.PackedSequence) else input
     grads = torch.autograd.grad(loss, list(leaves.values()))
     return out, h_n, c_n, dict(zip(leaves, grads, strict=True))
