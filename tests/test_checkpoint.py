@@ -1,14 +1,14 @@
-"""checkpoint=True: outputs bitwise equal to the stored-activation path, gradients equal."""
+"""checkpoint=True: outputs and every gradient bitwise equal to the stored-activation path."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from support import assert_close
 from torch.autograd import gradcheck
-from torch.nn.utils.rnn import pack_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 import torch_lstm_ext
+from torch_lstm_ext.schedule import time_blocks
 
 CASES = {
     "plain-long": (dict(), 70, 2, False),
@@ -17,43 +17,59 @@ CASES = {
     "all-variants-training": (
         dict(num_layers=2, bidirectional=True, dropout=0.3, peephole=True, layer_norm=True, zoneout_cell=0.2,
              zoneout_hidden=0.1, weight_dropout=0.2, cell_clip=1.0, grad_clip=0.5), 50, 2, False),
+    "packed-proj-layer-norm-zoneout": (
+        dict(proj_size=2, layer_norm=True, zoneout_cell=0.3, zoneout_hidden=0.3), 90, 4, True),
 }
 
 
 def _run(checkpoint, config, x, seed=7):
     torch.manual_seed(0)
-    module = torch_lstm_ext.LSTM(3, 6, checkpoint=checkpoint, **config).double().train()
+    dtype = (x.data if isinstance(x, PackedSequence) else x).dtype
+    module = torch_lstm_ext.LSTM(3, 6, checkpoint=checkpoint, dtype=dtype, **config).train()
     torch.manual_seed(seed)
     out, (h_n, c_n) = module(x)
-    data = out.data if isinstance(out, torch.nn.utils.rnn.PackedSequence) else out
-    leaf = x.data if isinstance(x, torch.nn.utils.rnn.PackedSequence) else x
-    loss = (data * torch.linspace(-1, 1, data.shape[-1], dtype=torch.float64)).sum() + h_n.pow(2).sum() + c_n.sum()
+    data = out.data if isinstance(out, PackedSequence) else out
+    leaf = x.data if isinstance(x, PackedSequence) else x
+    loss = (data * torch.linspace(-1, 1, data.shape[-1], dtype=dtype)).sum() + h_n.pow(2).sum() + c_n.sum()
     return (data, h_n, c_n), torch.autograd.grad(loss, [leaf, *module.parameters()])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("name", CASES)
-def test_checkpoint_equals_stored_path(name):
+def test_checkpoint_equals_stored_path_bitwise(name, dtype, small_blocks):
     config, T, B, packed = CASES[name]
     gen = torch.Generator().manual_seed(1)
     if packed:
         lengths = [T, T // 3, T - 5, 2][:B]
-        x = pack_sequence([torch.randn(n, 3, generator=gen, dtype=torch.float64) for n in lengths], enforce_sorted=False)
+        x = pack_sequence([torch.randn(n, 3, generator=gen, dtype=dtype) for n in lengths], enforce_sorted=False)
         x.data.requires_grad_()
     else:
-        x = torch.randn(T, B, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+        x = torch.randn(T, B, 3, generator=gen, dtype=dtype, requires_grad=True)
     stored, stored_grads = _run(False, config, x)
     ckpt, ckpt_grads = _run(True, config, x)
-    for a, b in zip(ckpt, stored):
-        assert torch.equal(a, b)  # bitwise, random draws included
-    for a, b in zip(ckpt_grads, stored_grads):
-        assert_close(a, b)
+    for a, b in zip(ckpt, stored, strict=True):
+        assert torch.equal(a, b)  # random draws included
+    names = ["input"] + [n for n, _ in torch_lstm_ext.LSTM(3, 6, **config).named_parameters()]
+    for name_, a, b in zip(names, ckpt_grads, stored_grads, strict=True):
+        assert torch.equal(a, b), f"grad {name_}: max diff {(a - b).abs().max().item():.3e}"
 
 
-def test_checkpoint_gradcheck():
+def test_checkpoint_equals_stored_path_bitwise_with_the_shipped_blocks():
+    """The blocks as shipped (schedule.MIN_BLOCK_ROWS rows at least), float32, training."""
+    config = dict(num_layers=2, bidirectional=True, proj_size=4, peephole=True, zoneout_cell=0.1, dropout=0.2)
+    x = torch.randn(300, 8, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    assert len(time_blocks(None, 300 * 8, 8, False)) >= 2
+    stored, stored_grads = _run(False, config, x)
+    ckpt, ckpt_grads = _run(True, config, x)
+    for a, b in zip((*ckpt, *ckpt_grads), (*stored, *stored_grads), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_gradcheck(small_blocks):
     torch.manual_seed(0)
     module = torch_lstm_ext.LSTM(2, 3, bidirectional=True, proj_size=2, checkpoint=True, dtype=torch.float64)
     names = [n for n, _ in module.named_parameters()]
-    x = torch.randn(40, 1, 2, dtype=torch.float64, requires_grad=True)  # several segments
+    x = torch.randn(70, 1, 2, dtype=torch.float64, requires_grad=True)  # two blocks
 
     def fn(x, *weights):
         out, (h_n, c_n) = torch.func.functional_call(module, dict(zip(names, weights)), (x,))

@@ -52,7 +52,7 @@ def exact_fp32(monkeypatch):
     monkeypatch.setenv(BACKEND_ENV, "auto")
 
 
-@pytest.mark.parametrize("kernel,dtype,H,proj,packed,reverse", _kernel_cases())
+@pytest.mark.parametrize("kernel,dtype,H,proj,packed,reverse", list(_kernel_cases()))
 def test_kernels_match_reference(kernel, dtype, H, proj, packed, reverse, monkeypatch):
     case = make_case(T=8, B=40, H=H, proj=proj, packed=packed, reverse=reverse, dtype=dtype, device="cuda")
     assert_matches_reference(run_kernel(case, kernel), run_op(case, "numpy", monkeypatch), dtype)

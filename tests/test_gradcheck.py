@@ -9,6 +9,7 @@ from torch.nn.utils.rnn import pack_sequence
 
 import torch_lstm_ext
 from torch_lstm_ext import LSTMFunction
+from torch_lstm_ext.schedule import time_blocks
 
 DT = torch.float64
 
@@ -110,3 +111,22 @@ def test_create_graph_gradients_equal_the_kernel_gradients_packed_bidirectional(
         results.append(torch.autograd.grad(loss, [*seqs, *lstm.parameters()], create_graph=create_graph))
     for kernel, recomputed in zip(*results):
         torch.testing.assert_close(recomputed.detach(), kernel, rtol=1e-10, atol=1e-10)
+
+
+def test_multi_block_module_gradcheck(small_blocks):
+    """Long enough that the CPU backward runs in several blocks (schedule.time_blocks), packed
+    and bidirectional, so block boundaries fall mid-sequence in both directions."""
+    torch.manual_seed(0)
+    lstm = torch_lstm_ext.LSTM(2, 2, bidirectional=True, proj_size=1, dtype=DT)
+    seqs = [torch.randn(n, 2, dtype=DT, requires_grad=True) for n in (70, 45)]
+    names = [n for n, _ in lstm.named_parameters()]
+    sizes = pack_sequence([s.detach() for s in seqs]).batch_sizes
+    assert len(time_blocks(sizes, int(sizes.sum()), 2, False)) >= 2
+
+    def fn(*inputs):
+        weights, seqs = inputs[: len(names)], inputs[len(names):]
+        output, (h_n, c_n) = torch.func.functional_call(
+            lstm, dict(zip(names, weights)), (pack_sequence(seqs, enforce_sorted=False),))
+        return output.data, h_n, c_n
+
+    assert gradcheck(fn, (*[p.detach().clone().requires_grad_() for p in lstm.parameters()], *seqs))

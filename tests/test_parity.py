@@ -84,6 +84,15 @@ def test_larger_float32_shape_matches_nn_lstm():
     assert_same_results(outputs_and_grads(ref, x), outputs_and_grads(ours, x), torch.float32)
 
 
+@pytest.mark.parametrize("kind", ["batched", "packed_unsorted"])
+def test_long_sequences_match_nn_lstm(kind, small_blocks):
+    """Long enough for the CPU backward to run in several blocks (blockwise.py)."""
+    config = dict(num_layers=2, bidirectional=True, proj_size=3, bias=True, batch_first=False)
+    ref, ours = twin_lstms(torch.float64, input_size=INPUT_SIZE, hidden_size=HIDDEN, **config)
+    x, hx = make_input(kind, config, 150, 3, torch.float64, with_hx=True, seed=2)
+    assert_same_results(outputs_and_grads(ref, x, hx), outputs_and_grads(ours, x, hx), torch.float64)
+
+
 def test_non_contiguous_input_and_states():
     ref, ours = twin_lstms(torch.float64, input_size=INPUT_SIZE, hidden_size=HIDDEN, num_layers=2, proj_size=3)
     base = torch.randn(INPUT_SIZE, 3, 4, dtype=torch.float64, requires_grad=True)

@@ -1,72 +1,40 @@
 """Gradient checkpointing of one LSTM layer (input projection + recurrence).
 
-The forward runs the layer segment by segment (about sqrt(T) steps each) under no_grad and keeps
-only the input, the output and the (h, c) state at each segment's start. The backward walks the
-segments in reverse: it recomputes the segment's input projection and gates with the same ops
+The forward runs the layer block by block (schedule.time_blocks: about sqrt(T) steps each) under
+no_grad and keeps only the input and the (h, c) state at each block's start. The backward walks
+the blocks in reverse: it recomputes the block's input projection and gates with the same ops
 (the same masks, which were drawn once before the forward), runs the recurrence backward from
-the gradient flowing in at the segment's end, and then the projection's backward, written out
+the gradient flowing in at the block's end, and then the projection's backward, written out
 (torch.compile cannot trace autograd.grad inside a backward). The whole layer is inside, so
-neither the [N, 4H] gate pre-activations nor the saved gates outlive a segment.
+neither the [N, 4H] gate pre-activations nor the saved gates outlive a block.
 
-Outputs equal the stored-activation path bitwise on CPU: the recurrence runs the same kernel
-per step, and the input GEMM over a block of rows gives the same bits as over the whole
-sequence once the block has enough rows (CPU BLAS switches to other kernels for a handful of
-rows; 16 rows sufficed for every shape measured, segments keep at least MIN_SEGMENT_ROWS).
-Weight gradients are summed per segment instead of in one GEMM, so they agree to rounding.
+Results equal the stored-activation path bit for bit on CPU, gradients included: the stored
+path's CPU backward (blockwise.py, projection_grad.py) runs on the same blocks with the same
+calls and sums the blocks' weight gradients in the same order, and the recomputed forward is
+the same per-step kernel on the same inputs (the input GEMM over a block of at least
+MIN_BLOCK_ROWS rows gives the bits it gives over the whole sequence).
 """
 
 from __future__ import annotations
-
-import math
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from torch_lstm_ext.projection import LayerWeights, input_projection, input_projection_backward
+from torch_lstm_ext.projection_grad import GradSums, add_projection_grads
+from torch_lstm_ext.schedule import Block, default_block_steps, time_blocks
 from torch_lstm_ext.variants import VariantConfig
 
 
-class Segment(NamedTuple):
-    """Time steps [t0, t1) of the sequence and, along the leading axis of the time-major
-    tensors (time for [T, B, ...], rows for packed [N, ...]), the slice [lo, hi) they occupy."""
-
-    t0: int
-    t1: int
-    lo: int
-    hi: int
+def _part(t: Tensor | None, block: Block, packed: bool) -> Tensor | None:
+    """A block's slice of a time-major [T, B, ...] (by steps) or packed [N, ...] (by rows) tensor."""
+    if t is None:
+        return None
+    return t[block.lo : block.hi] if packed else t[block.t0 : block.t1]
 
 
-MIN_SEGMENT_ROWS = 32
-
-
-def segments(num_steps: int, batch: int, batch_sizes: Tensor | None, reverse: bool) -> list[Segment]:
-    """Segments of at least sqrt(T) steps and MIN_SEGMENT_ROWS rows (a shorter tail joins the
-    last one), in the order the forward processes them."""
-    sizes = [batch] * num_steps if batch_sizes is None else batch_sizes.tolist()
-    length = max(1, math.isqrt(num_steps))
-    bounds: list[tuple[int, int]] = []
-    t0, rows = 0, 0
-    for t, n in enumerate(sizes):
-        rows += n
-        if t + 1 - t0 >= length and rows >= MIN_SEGMENT_ROWS:
-            bounds.append((t0, t + 1))
-            t0, rows = t + 1, 0
-    if t0 < num_steps:
-        bounds = bounds[:-1] + [(bounds[-1][0] if bounds else 0, num_steps)]
-    if batch_sizes is None:
-        result = [Segment(t0, t1, t0, t1) for t0, t1 in bounds]
-    else:
-        offsets = [0, *torch.cumsum(batch_sizes, 0).tolist()]
-        result = [Segment(t0, t1, offsets[t0], offsets[t1]) for t0, t1 in bounds]
-    return result[::-1] if reverse else result
-
-
-def _recurrence_args(w: LayerWeights, zoneout_c, zoneout_h, seg: Segment, variants: VariantConfig):
-    """The variant arguments of lstm_fwd for one segment."""
-    zc = None if zoneout_c is None else zoneout_c[seg.lo : seg.hi]
-    zh = None if zoneout_h is None else zoneout_h[seg.lo : seg.hi]
-    return (w.peephole, w.ln_hh, w.ln_c, zc, zh, variants.cell_clip)
+def _rows(t: Tensor) -> Tensor:
+    return t.reshape(-1, t.shape[-1])
 
 
 class CheckpointedLayer(torch.autograd.Function):
@@ -76,21 +44,24 @@ class CheckpointedLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, batch_sizes, reverse, zoneout_c, zoneout_h, variants, *weights):
         w = LayerWeights(*weights)
-        num_steps = x.shape[0] if batch_sizes is None else batch_sizes.shape[0]
-        segs = segments(num_steps, h0.shape[0], batch_sizes, reverse)
+        packed = batch_sizes is not None
+        num_steps = batch_sizes.shape[0] if packed else x.shape[0]
+        block_steps = default_block_steps(num_steps)
+        blocks = time_blocks(batch_sizes, _rows(x).shape[0], h0.shape[0], reverse, block_steps)
         h, c = h0, c0
         starts = []
         output = x.new_empty((*x.shape[:-1], h0.shape[-1]))
-        for seg in segs:
+        for block in blocks:
             starts += [h, c]
-            sizes = None if batch_sizes is None else batch_sizes[seg.t0 : seg.t1]
+            sizes = None if not packed else batch_sizes[block.t0 : block.t1]
             y, h, c, _, _ = torch.ops.torch_lstm_ext.lstm_fwd(
-                input_projection(x[seg.lo : seg.hi], w), w.w_hh, w.w_hr, h, c, sizes, reverse,
-                *_recurrence_args(w, zoneout_c, zoneout_h, seg, variants),
+                input_projection(_part(x, block, packed), w), w.w_hh, w.w_hr, h, c, sizes, reverse,
+                w.peephole, w.ln_hh, w.ln_c, _part(zoneout_c, block, packed), _part(zoneout_h, block, packed),
+                variants.cell_clip,
             )
-            output[seg.lo : seg.hi] = y
+            _part(output, block, packed).copy_(y)
         ctx.save_for_backward(x, batch_sizes, zoneout_c, zoneout_h, *weights, *starts)
-        ctx.reverse, ctx.variants, ctx.segs = reverse, variants, segs
+        ctx.reverse, ctx.variants, ctx.blocks, ctx.block_steps = reverse, variants, blocks, block_steps
         return output, h, c
 
     @staticmethod
@@ -103,37 +74,32 @@ class CheckpointedLayer(torch.autograd.Function):
         x, batch_sizes, zoneout_c, zoneout_h, *rest = ctx.saved_tensors
         w = LayerWeights(*rest[:9])
         starts = rest[9:]
+        packed = batch_sizes is not None
         dx = torch.empty_like(x)
-        sums: dict[str, Tensor] = {}  # weight gradients summed over the segments
-
-        def add(name: str, grad: Tensor | None) -> None:
-            if grad is not None and grad.numel():
-                sums[name] = grad if name not in sums else sums[name] + grad
-
+        sums = GradSums()  # weight gradients summed over the blocks, in the stored path's order
         dh, dc = grad_hn.contiguous(), grad_cn.contiguous()
-        for k in reversed(range(len(ctx.segs))):
-            seg = ctx.segs[k]
+        for k in reversed(range(len(ctx.blocks))):
+            block = ctx.blocks[k]
             h_start, c_start = starts[2 * k], starts[2 * k + 1]
-            sizes = None if batch_sizes is None else batch_sizes[seg.t0 : seg.t1]
-            x_seg = x[seg.lo : seg.hi]
-            variant_args = _recurrence_args(w, zoneout_c, zoneout_h, seg, ctx.variants)
+            sizes = None if not packed else batch_sizes[block.t0 : block.t1]
+            x_block = _part(x, block, packed)
+            variant_args = (w.peephole, w.ln_hh, w.ln_c, _part(zoneout_c, block, packed),
+                            _part(zoneout_h, block, packed), ctx.variants.cell_clip)
             y, _, _, gates, cells = torch.ops.torch_lstm_ext.lstm_fwd(
-                input_projection(x_seg, w), w.w_hh, w.w_hr, h_start, c_start, sizes, ctx.reverse,
+                input_projection(x_block, w), w.w_hh, w.w_hr, h_start, c_start, sizes, ctx.reverse,
                 *variant_args,
             )
-            grads = torch.ops.torch_lstm_ext.lstm_bwd(
-                grad_y[seg.lo : seg.hi].contiguous(), dh, dc, w.w_hh, w.w_hr, h_start, c_start, sizes,
-                ctx.reverse, y, gates, cells, *variant_args, ctx.variants.grad_clip,
+            d_gates_x, d_w_hh, d_w_hr, dh, dc, d_peep, d_ln_hh, d_ln_c = torch.ops.torch_lstm_ext.lstm_bwd(
+                _part(grad_y, block, packed).contiguous(), dh, dc, w.w_hh, w.w_hr, h_start, c_start, sizes,
+                ctx.reverse, y, gates, cells, *variant_args, ctx.variants.grad_clip, ctx.block_steps,
             )
-            d_gates_x, d_w_hh, d_w_hr, dh, dc, d_peep, d_ln_hh, d_ln_c = grads
-            projection = input_projection_backward(x_seg, w, d_gates_x)
-            dx[seg.lo : seg.hi] = projection.x
-            for name, grad in (
-                ("w_ih", projection.w_ih), ("bias", projection.bias), ("ln_ih", projection.ln_ih),
-                ("w_hh", d_w_hh), ("w_hr", d_w_hr), ("peephole", d_peep),
-                ("ln_hh", d_ln_hh), ("ln_c", d_ln_c),
-            ):
-                add(name, grad)
+            projection = input_projection_backward(_rows(x_block), w.w_ih, w.ln_ih, w.b_ih is not None,
+                                                   _rows(d_gates_x))
+            _part(dx, block, packed).copy_(projection.x.reshape(x_block.shape))
+            add_projection_grads(sums, projection)
+            for name, grad in (("w_hh", d_w_hh), ("w_hr", d_w_hr), ("peephole", d_peep), ("ln_hh", d_ln_hh),
+                               ("ln_c", d_ln_c)):
+                sums.add(name, grad)
         bias = sums.get("bias")
         weight_grads = (sums.get("w_ih"), sums.get("w_hh"), bias, bias, sums.get("w_hr"),
                         sums.get("peephole"), sums.get("ln_ih"), sums.get("ln_hh"), sums.get("ln_c"))

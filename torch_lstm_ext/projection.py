@@ -1,4 +1,5 @@
-"""One layer's weights and its input projection (the GEMM over the whole sequence)."""
+"""One layer's weights and its input projection (the GEMM over the whole sequence) with its
+backward written out."""
 
 from __future__ import annotations
 
@@ -49,19 +50,19 @@ class ProjectionGrads(NamedTuple):
     ln_ih: Tensor | None
 
 
-def input_projection_backward(x: Tensor, w: LayerWeights, d_gates_x: Tensor) -> ProjectionGrads:
-    """The backward of input_projection written out, so checkpointing needs no autograd.grad
-    inside a backward (which torch.compile cannot trace). d_gates_x: [..., 4H]."""
-    x2 = x.reshape(-1, x.shape[-1])
-    d_out = d_gates_x.reshape(-1, d_gates_x.shape[-1])
-    d_bias = None if w.b_ih is None else d_out.sum(0)
+def input_projection_backward(x: Tensor, w_ih: Tensor, ln_ih: Tensor | None, has_bias: bool,
+                              d_gates_x: Tensor) -> ProjectionGrads:
+    """The backward of input_projection written out (no autograd.grad inside a backward, which
+    torch.compile cannot trace): x [rows, I], d_gates_x [rows, 4H]."""
+    d_out = d_gates_x
+    d_bias = d_out.sum(0) if has_bias else None
     d_ln = None
-    if w.ln_ih is not None:
-        projected = x2 @ w.w_ih.T
+    if ln_ih is not None:
+        projected = x @ w_ih.T
         centered = projected - projected.mean(-1, keepdim=True)
         rstd = torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + LN_EPS)
         x_hat = centered * rstd
         d_ln = (d_out * x_hat).sum(0)
-        d_hat = d_out * w.ln_ih
+        d_hat = d_out * ln_ih
         d_out = rstd * (d_hat - d_hat.mean(-1, keepdim=True) - x_hat * (d_hat * x_hat).mean(-1, keepdim=True))
-    return ProjectionGrads((d_out @ w.w_ih).reshape(x.shape), d_out.T @ x2, d_bias, d_ln)
+    return ProjectionGrads(d_out @ w_ih, d_out.T @ x, d_bias, d_ln)

@@ -100,17 +100,6 @@ def _previous_pieces(walk: Walk, steps: range) -> list[tuple[int, int, int, bool
     return merged
 
 
-def _final_rows(walk: Walk) -> list[tuple[int, int, int]]:
-    """(t, b0, b1): batch rows b0..b1-1 take their final state at time step t."""
-    ends = []
-    steps = walk.steps
-    for k, step in enumerate(steps):
-        n_next = steps[k + 1].n if k + 1 < len(steps) else 0
-        if n_next < step.n:
-            ends.append((step.t, n_next, step.n))
-    return ends
-
-
 class _Plan(NamedTuple):
     """Everything about a call that depends only on the shapes: the walk, its chunks with the
     previous-state pieces of each, the pieces of the whole sequence, and where states end."""
@@ -128,7 +117,7 @@ def _cached_plan(packed_sizes: tuple[int, ...] | None, num_rows: int, batch: int
     walk = schedule.walk(packed_sizes, num_rows, batch, reverse)
     chunks = _chunks(walk, row_bytes)
     return _Plan(walk, chunks, [_previous_pieces(walk, range(k0, k1)) for k0, k1, _, _ in chunks],
-                 _previous_pieces(walk, range(len(walk.steps))), _final_rows(walk))
+                 _previous_pieces(walk, range(len(walk.steps))), schedule.final_rows(walk))
 
 
 def _plan(batch_sizes: np.ndarray | None, num_rows: int, batch: int, reverse: bool, row_bytes: int) -> _Plan:
@@ -323,6 +312,7 @@ def lstm_backward(
     y: np.ndarray,
     gates: np.ndarray,
     cells: np.ndarray,
+    d_gates_out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
     """Gradients of `lstm_forward`.
 
@@ -330,6 +320,7 @@ def lstm_backward(
         grad_y [N, P], grad_hn [B, P], grad_cn [B, H]: gradients of the forward's outputs.
         w_hh, w_hr, h0, c0, batch_sizes, reverse: as given to the forward.
         y [N, P], gates [N, 4H], cells [N, H]: what the forward returned.
+        d_gates_out: where to write d_gates_x (C-contiguous [N, 4H]); None allocates it.
 
     Returns:
         d_gates_x [N, 4H], d_w_hh [4H, P], d_w_hr [P, H] (None without projection),
@@ -348,7 +339,7 @@ def lstm_backward(
     dh = np.array(grad_y, dtype=dtype, copy=True)
     d_h0 = np.array(grad_hn, dtype=dtype, copy=True)
     dc = np.array(grad_cn, dtype=dtype, copy=True)
-    d_gates = np.empty((N, G), dtype=dtype)
+    d_gates = np.empty((N, G), dtype=dtype) if d_gates_out is None else d_gates_out
     a_coef = np.empty((N, H), dtype=dtype)
     r = None if w_hr is None else np.empty((N, H), dtype=dtype)
     tmp = np.empty((B, H), dtype=dtype)
