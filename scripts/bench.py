@@ -2,6 +2,7 @@
 
     python scripts/bench.py [--quick | --grid standard|quick|gpu] [--device cpu|cuda]
                             [--threads N] [--out DIR] [--shape T,B,I,H ...] [--no-model]
+    python scripts/bench.py --variants [--quick] [--threads N]   (scripts/bench_variants.py)
 
 For every case of the grid (scripts/bench_shapes.py) it first checks that ours and the cell loop
 agree with nn.LSTM (outputs, h_n, c_n, input and parameter gradients) and refuses to time a case
@@ -29,6 +30,7 @@ from pathlib import Path
 import bench_models
 import bench_report
 import bench_train_step
+import bench_variants
 import numpy as np
 import torch
 from bench_measure import interleaved_medians, peak_memory_mib
@@ -53,6 +55,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-cells", action="store_true", help="skip the LSTMCell loop")
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
     p.add_argument("--no-model", action="store_true", help="skip the model training step")
+    p.add_argument("--variants", action="store_true",
+                   help="instead: the variants vs their Python loops and checkpointing's memory and time "
+                        "(scripts/bench_variants.py; takes --quick, --threads, --out)")
     p.add_argument("--report", type=Path, metavar="JSON",
                    help="time nothing: redraw table, summary and plot of an earlier run's JSON")
     args = p.parse_args(argv)
@@ -150,6 +155,9 @@ def _run(args: argparse.Namespace) -> tuple[list[dict], dict, dict | None, list[
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
+    if args.variants:
+        return bench_variants.main([*(["--quick"] if args.quick else []), "--out", str(args.out),
+                                    *(["--threads", str(args.threads)] if args.threads else [])])
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda":

@@ -6,9 +6,10 @@ memory and time.
 For each variant (training mode, forward + backward, float32): ours vs scripts/variant_loop.py
 reading the same parameters with the same random masks; it refuses to time a variant whose
 outputs disagree. Then, for checkpoint=True vs False at T = 1024: the peak memory of one
-training step (each in a fresh subprocess, glibc's mmap threshold pinned with
-MALLOC_MMAP_THRESHOLD_ so freed buffers leave the resident set and the peak counts live memory,
-not the allocator's history) and the time ratio, interleaved. Writes JSON and Markdown.
+training step with each of two losses (LOSSES below), each step in a fresh subprocess with
+glibc's mmap threshold pinned (MALLOC_MMAP_THRESHOLD_) so freed buffers leave the resident set
+and the peak counts live memory, not the allocator's history; and the time ratio, interleaved.
+Writes JSON and Markdown.
 """
 
 from __future__ import annotations
@@ -75,14 +76,20 @@ def bench_variant(name: str, case: Case, budget_s: float) -> dict:
                 speedup=medians["loop"] / medians["ours"], rounds=rounds, max_abs_diff=diff)
 
 
-def _training_step(case: Case, checkpoint: bool):
+# The loss of the training step. "sum" adds no memory of its own (its gradient is a broadcast
+# scalar), so the peak is the LSTM's; "mean_square" materialises two [T, B, H] tensors in its
+# backward, as many real losses and heads do, and that memory no checkpointing of the LSTM saves.
+LOSSES = {"sum": lambda out: out.sum(), "mean_square": lambda out: out.pow(2).mean()}
+
+
+def _training_step(case: Case, checkpoint: bool, loss: str):
     torch.manual_seed(0)
     lstm = torch_lstm_ext.LSTM(case.I, case.H, num_layers=case.layers, checkpoint=checkpoint)
     x = torch.randn(case.T, case.B, case.I, requires_grad=True)
 
     def step() -> None:
         out, _ = lstm(x)
-        out.pow(2).mean().backward()
+        LOSSES[loss](out).backward()
 
     def reset() -> None:
         lstm.zero_grad(set_to_none=True)
@@ -91,33 +98,40 @@ def _training_step(case: Case, checkpoint: bool):
     return step, reset
 
 
-def memory_child(case: Case, checkpoint: bool) -> None:
+def memory_child(case: Case, checkpoint: bool, loss: str) -> None:
     """In a fresh process: print the peak MiB of one training step after one warm-up step."""
-    step, reset = _training_step(case, checkpoint)
+    step, reset = _training_step(case, checkpoint, loss)
     step()
     reset()
     print(json.dumps({"peak_mib": peak_memory_mib(step, "cpu")}))
 
 
-def bench_checkpoint(case: Case, budget_s: float) -> dict:
-    peaks = {}
-    for checkpoint in (False, True):
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD)
-        args = [sys.executable, __file__, "--memory-child", json.dumps([list(case), checkpoint]),
-                "--threads", str(torch.get_num_threads())]
-        out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
-        peaks[checkpoint] = json.loads(out.strip().splitlines()[-1])["peak_mib"]
-    steps = {name: _training_step(case, name == "checkpoint") for name in ("stored", "checkpoint")}
+def _peak_in_child(case: Case, checkpoint: bool, loss: str) -> float:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD)
+    args = [sys.executable, __file__, "--memory-child", json.dumps([list(case), checkpoint, loss]),
+            "--threads", str(torch.get_num_threads())]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+
+
+def bench_checkpoint(case: Case, budget_s: float) -> list[dict]:
+    """One row per loss: peak memory of a training step, stored vs checkpointed, and the time
+    ratio (measured once, with the "sum" loss)."""
+    steps = {name: _training_step(case, name == "checkpoint", "sum") for name in ("stored", "checkpoint")}
     medians, rounds = interleaved_medians(
         {n: s for n, (s, _) in steps.items()}, {n: r for n, (_, r) in steps.items()}, "cpu",
         repeats=7, budget_s=budget_s, warmup=1,
     )
-    return dict(
-        case=case.label, stored_peak_mib=peaks[False], checkpoint_peak_mib=peaks[True],
-        memory_reduction=peaks[False] / peaks[True], stored_ms=1e3 * medians["stored"],
-        checkpoint_ms=1e3 * medians["checkpoint"], time_ratio=medians["checkpoint"] / medians["stored"],
-        rounds=rounds,
-    )
+    rows = []
+    for loss in LOSSES:
+        stored, checkpointed = (_peak_in_child(case, checkpoint, loss) for checkpoint in (False, True))
+        rows.append(dict(
+            case=case.label, loss=loss, stored_peak_mib=stored, checkpoint_peak_mib=checkpointed,
+            memory_reduction=stored / checkpointed, stored_ms=1e3 * medians["stored"],
+            checkpoint_ms=1e3 * medians["checkpoint"], time_ratio=medians["checkpoint"] / medians["stored"],
+            rounds=rounds,
+        ))
+    return rows
 
 
 def markdown(variant_rows: list[dict], checkpoint_rows: list[dict]) -> str:
@@ -132,10 +146,11 @@ def markdown(variant_rows: list[dict], checkpoint_rows: list[dict]) -> str:
     lines += ["", f"Geometric-mean speed-up over the Python loop: "
               f"{geomean([r['speedup'] for r in variant_rows]):.1f}x", ""]
     lines += [
-        "| checkpoint, training step | peak stored (MiB) | peak checkpoint (MiB) | memory / | time x |",
-        "| --- | --- | --- | --- | --- |",
+        "| checkpoint, training step | loss | peak stored (MiB) | peak checkpoint (MiB) | memory / "
+        "| time x |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
-    lines += [f"| {r['case']} | {r['stored_peak_mib']:.0f} | {r['checkpoint_peak_mib']:.0f} | "
+    lines += [f"| {r['case']} | {r['loss']} | {r['stored_peak_mib']:.0f} | {r['checkpoint_peak_mib']:.0f} | "
               f"{r['memory_reduction']:.1f}x | {r['time_ratio']:.2f}x |" for r in checkpoint_rows]
     return "\n".join(lines) + "\n"
 
@@ -151,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_child:
-        fields, checkpoint = json.loads(args.memory_child)
-        memory_child(Case(*fields), checkpoint)
+        fields, checkpoint, loss = json.loads(args.memory_child)
+        memory_child(Case(*fields), checkpoint, loss)
         return 0
     cases = VARIANT_QUICK if args.quick else VARIANT_CASES
     budget = 2.0 if args.quick else 8.0
@@ -161,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint_rows = []
     if not args.no_checkpoint:
         for case in tqdm(CHECKPOINT_CASES[:1] if args.quick else CHECKPOINT_CASES, desc="checkpoint"):
-            checkpoint_rows.append(bench_checkpoint(case, 20.0 if args.quick else 60.0))
+            checkpoint_rows += bench_checkpoint(case, 20.0 if args.quick else 60.0)
     meta = dict(machine=platform.machine(), processor=platform.processor(), cpus=os.cpu_count(),
                 python=platform.python_version(), torch=torch.__version__, threads=torch.get_num_threads())
     args.out.mkdir(parents=True, exist_ok=True)

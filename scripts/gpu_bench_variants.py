@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from bench_measure import interleaved_medians, peak_memory_mib
+from bench_variants import LOSSES
 from variant_loop import VariantLoopLSTM, call_with_fresh_masks
 
 import torch_lstm_ext
@@ -70,6 +71,8 @@ def bench_variant(name: str, shape: tuple[int, int, int, int], device: str, budg
 
 
 def bench_checkpoint(shape: tuple[int, int, int, int], layers: int, device: str, budget_s: float) -> dict:
+    """Peak memory of a training step per loss (bench_variants.LOSSES: "sum" adds no memory of
+    its own, "mean_square" two [T, B, H] tensors), stored vs checkpointed, and the time ratio."""
     T, B, I, H = shape
     x = torch.randn(T, B, I, device=device, requires_grad=True)
     steps, resets, peaks = {}, {}, {}
@@ -77,22 +80,22 @@ def bench_checkpoint(shape: tuple[int, int, int, int], layers: int, device: str,
         torch.manual_seed(0)
         lstm = torch_lstm_ext.LSTM(I, H, num_layers=layers, device=device, checkpoint=name == "checkpoint")
 
-        def step(lstm=lstm) -> None:
-            lstm(x)[0].pow(2).mean().backward()
-
         def reset(lstm=lstm) -> None:
             lstm.zero_grad(set_to_none=True)
             x.grad = None
 
-        step()  # warm-up: Triton compiles, the allocator settles
-        reset()
-        peaks[name] = peak_memory_mib(step, device)
-        reset()
+        for loss_name, loss in LOSSES.items():
+            def step(lstm=lstm, loss=loss) -> None:
+                loss(lstm(x)[0]).backward()
+
+            step()  # warm-up: Triton compiles, the allocator settles
+            reset()
+            peaks[f"{name}_{loss_name}"] = peak_memory_mib(step, device)
+            reset()
         steps[name], resets[name] = step, reset
     medians, rounds = interleaved_medians(steps, resets, device, repeats=10, budget_s=budget_s, warmup=1)
-    return dict(shape=list(shape), layers=layers, stored_peak_mib=peaks["stored"],
-                checkpoint_peak_mib=peaks["checkpoint"],
-                memory_reduction=peaks["stored"] / peaks["checkpoint"],
+    reduction = {loss: peaks[f"stored_{loss}"] / peaks[f"checkpoint_{loss}"] for loss in LOSSES}
+    return dict(shape=list(shape), layers=layers, peaks_mib=peaks, memory_reduction=reduction,
                 stored_ms=1e3 * medians["stored"], checkpoint_ms=1e3 * medians["checkpoint"],
                 time_ratio=medians["checkpoint"] / medians["stored"], rounds=rounds)
 

@@ -34,10 +34,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 "$py" -c "import pytest" || echo "!! pytest is not installed: the CUDA test stage will fail"
 
 stage install 60 "$py" -m pip install --no-deps --no-build-isolation -e .
-stage cuda-tests 220 "$py" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider -rfEs \
+stage cuda-tests 200 "$py" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider -rfEs \
     --junitxml "$results/cuda_tests.xml"
-stage benchmark 110 "$py" scripts/gpu_bench.py --out "$results"
-stage variant-benchmark 90 "$py" scripts/gpu_bench_variants.py --out "$results"
+stage benchmark 100 "$py" scripts/gpu_bench.py --out "$results"
+stage variant-benchmark 120 "$py" scripts/gpu_bench_variants.py --out "$results"
 
 echo "== gpu_check: $([ "$failed" -eq 0 ] && echo PASSED || echo FAILED); results in $results"
 exit "$failed"
