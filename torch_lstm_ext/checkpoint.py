@@ -22,7 +22,7 @@ from torch import Tensor
 
 from torch_lstm_ext.projection import LayerWeights, input_projection, input_projection_backward
 from torch_lstm_ext.projection_grad import GradSums, add_projection_grads
-from torch_lstm_ext.schedule import Block, default_block_steps, time_blocks
+from torch_lstm_ext.schedule import Block, as_rows, default_block_steps, time_blocks
 from torch_lstm_ext.variants import VariantConfig
 
 
@@ -32,9 +32,6 @@ def _part(t: Tensor | None, block: Block, packed: bool) -> Tensor | None:
         return None
     return t[block.lo : block.hi] if packed else t[block.t0 : block.t1]
 
-
-def _rows(t: Tensor) -> Tensor:
-    return t.reshape(-1, t.shape[-1])
 
 
 class CheckpointedLayer(torch.autograd.Function):
@@ -47,7 +44,7 @@ class CheckpointedLayer(torch.autograd.Function):
         packed = batch_sizes is not None
         num_steps = batch_sizes.shape[0] if packed else x.shape[0]
         block_steps = default_block_steps(num_steps)
-        blocks = time_blocks(batch_sizes, _rows(x).shape[0], h0.shape[0], reverse, block_steps)
+        blocks = time_blocks(batch_sizes, as_rows(x).shape[0], h0.shape[0], reverse, block_steps)
         h, c = h0, c0
         starts = []
         output = x.new_empty((*x.shape[:-1], h0.shape[-1]))
@@ -93,8 +90,8 @@ class CheckpointedLayer(torch.autograd.Function):
                 _part(grad_y, block, packed).contiguous(), dh, dc, w.w_hh, w.w_hr, h_start, c_start, sizes,
                 ctx.reverse, y, gates, cells, *variant_args, ctx.variants.grad_clip, ctx.block_steps,
             )
-            projection = input_projection_backward(_rows(x_block), w.w_ih, w.ln_ih, w.b_ih is not None,
-                                                   _rows(d_gates_x))
+            projection = input_projection_backward(as_rows(x_block), w.w_ih, w.ln_ih, w.b_ih is not None,
+                                                   as_rows(d_gates_x))
             _part(dx, block, packed).copy_(projection.x.reshape(x_block.shape))
             add_projection_grads(sums, projection)
             for name, grad in (("w_hh", d_w_hh), ("w_hr", d_w_hr), ("peephole", d_peep), ("ln_hh", d_ln_hh),

@@ -31,6 +31,7 @@ from torch_lstm_ext.blockwise import blockwise_backward
 from torch_lstm_ext.config import BACKEND_ENV, INTERPRETER_ENV, requested_backend, triton_interpreter_enabled
 from torch_lstm_ext.dtypes import compute_dtype
 from torch_lstm_ext.profiling import stage
+from torch_lstm_ext.schedule import as_rows
 from torch_lstm_ext.variant_reference import Variants, lstm_variant_backward, lstm_variant_forward
 
 
@@ -64,18 +65,14 @@ def _batch_sizes_numpy(batch_sizes: Tensor | None) -> np.ndarray | None:
     return None if batch_sizes is None else batch_sizes.detach().cpu().numpy()
 
 
-def _flat(t: Tensor) -> Tensor:
-    return t.reshape(-1, t.shape[-1])
-
-
 def _numpy_variants(acc: torch.dtype, peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h,
                     cell_clip, grad_clip=None) -> Variants:
     return Variants(
         _as_numpy(peephole, acc),
         _as_numpy(ln_hh_weight, acc),
         _as_numpy(ln_c, acc),
-        None if zoneout_c is None else _as_numpy(_flat(zoneout_c), acc),
-        None if zoneout_h is None else _as_numpy(_flat(zoneout_h), acc),
+        None if zoneout_c is None else _as_numpy(as_rows(zoneout_c), acc),
+        None if zoneout_h is None else _as_numpy(as_rows(zoneout_h), acc),
         cell_clip,
         grad_clip,
     )
@@ -110,7 +107,7 @@ def _lstm_fwd(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse, variants):
 
     acc = compute_dtype(gates_x.dtype)
     args = (
-        _as_numpy(_flat(gates_x), acc),
+        _as_numpy(as_rows(gates_x), acc),
         _as_numpy(w_hh, acc),
         _as_numpy(w_hr, acc),
         _as_numpy(h0, acc),
@@ -212,16 +209,16 @@ def _lstm_bwd(grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse
     kernel = _numpy_block_kernel(_as_numpy(w_hh, acc), _as_numpy(w_hr, acc), reverse, numpy_variants)
     d_gates, d_h0, d_c0, (d_w_hh, d_w_hr, *d_variants) = blockwise_backward(
         kernel,
-        _as_numpy(_flat(grad_y), acc),
+        _as_numpy(as_rows(grad_y), acc),
         _as_numpy(grad_hn, acc),
         _as_numpy(grad_cn, acc),
         _as_numpy(h0, acc),
         _as_numpy(c0, acc),
         _batch_sizes_numpy(batch_sizes),
         reverse,
-        _as_numpy(_flat(y), acc),
-        _as_numpy(_flat(gates), acc),
-        _as_numpy(_flat(cells), acc),
+        _as_numpy(as_rows(y), acc),
+        _as_numpy(as_rows(gates), acc),
+        _as_numpy(as_rows(cells), acc),
         block_steps,
     )
     return (

@@ -19,7 +19,7 @@ from torch_lstm_ext.projection import (
     input_projection,
     input_projection_backward,
 )
-from torch_lstm_ext.schedule import time_blocks
+from torch_lstm_ext.schedule import as_rows, time_blocks
 
 
 class GradSums:
@@ -37,14 +37,11 @@ class GradSums:
         return self.sums.get(name)
 
 
-def _rows(t: Tensor) -> Tensor:
-    return t.reshape(-1, t.shape[-1])
-
 
 def _blocks(d_gates_x: Tensor, batch_sizes: Tensor | None, reverse: bool, block_steps: int):
     """time_blocks of a [T, B, 4H] or packed [N, 4H] gradient, in backward order."""
     batch = d_gates_x.shape[1] if batch_sizes is None else int(batch_sizes[0]) if len(batch_sizes) else 0
-    blocks = time_blocks(batch_sizes, _rows(d_gates_x).shape[0], batch, reverse, block_steps)
+    blocks = time_blocks(batch_sizes, as_rows(d_gates_x).shape[0], batch, reverse, block_steps)
     return blocks[::-1]
 
 
@@ -63,7 +60,7 @@ def input_projection_bwd(
     """Gradients of projection.input_projection: (dx like x (empty unless compute_dx), d_w_ih
     [4H, I], d_bias [4H] (empty without bias), d_ln_ih [4H] (empty without layer norm)).
     d_gates_x [T, B, 4H] or packed [N, 4H]; x [T, B, I] or [N, I]."""
-    x_rows, d_rows = _rows(x), _rows(d_gates_x)
+    x_rows, d_rows = as_rows(x), as_rows(d_gates_x)
     dx = torch.empty_like(x_rows) if compute_dx else x.new_empty(0)
     sums = GradSums()
     for block in _blocks(d_gates_x, batch_sizes, reverse, block_steps):

@@ -58,6 +58,11 @@ def walk_batch_sizes(batch_sizes, num_rows: int, batch: int, reverse: bool) -> W
     return walk(packed, num_rows, batch, reverse)
 
 
+def as_rows(t):
+    """A time-major [T, B, F] or packed [N, F] tensor (or array) as its rows [N, F], a view."""
+    return t.reshape(-1, t.shape[-1])
+
+
 def step_rows(w: Walk, step: Step) -> slice:
     """The rows of the time-major input that `step` owns."""
     start = w.offsets[step.t]
