@@ -97,9 +97,11 @@ class CheckpointedLayer(torch.autograd.Function):
             for name, grad in (("w_hh", d_w_hh), ("w_hr", d_w_hr), ("peephole", d_peep), ("ln_hh", d_ln_hh),
                                ("ln_c", d_ln_c)):
                 sums.add(name, grad)
-        bias = sums.get("bias")
-        weight_grads = (sums.get("w_ih"), sums.get("w_hh"), bias, bias, sums.get("w_hr"),
-                        sums.get("peephole"), sums.get("ln_ih"), sums.get("ln_hh"), sums.get("ln_c"))
+        dtype = w.w_ih.dtype
+        bias = sums.get("bias", dtype)
+        weight_grads = (sums.get("w_ih", dtype), sums.get("w_hh", dtype), bias, bias, sums.get("w_hr", dtype),
+                        sums.get("peephole", dtype), sums.get("ln_ih", dtype), sums.get("ln_hh", dtype),
+                        sums.get("ln_c", dtype))
         return (dx, dh, dc, None, None, None, None, None, *weight_grads)
 
 

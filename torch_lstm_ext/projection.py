@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from torch_lstm_ext.dtypes import compute_dtype
 from torch_lstm_ext.variant_reference import LN_EPS
 
 
@@ -42,7 +43,8 @@ def input_projection(x: Tensor, w: LayerWeights) -> Tensor:
 
 class ProjectionGrads(NamedTuple):
     """Gradients of input_projection: x [..., I], w_ih [4H, I], bias [4H] (the gradient of
-    b_ih and of b_hh alike; None without bias), ln_ih [4H] (None without layer norm)."""
+    b_ih and of b_hh alike; None without bias), ln_ih [4H] (None without layer norm); the
+    weight gradients in the compute dtype."""
 
     x: Tensor
     w_ih: Tensor
@@ -53,11 +55,18 @@ class ProjectionGrads(NamedTuple):
 def input_projection_backward(x: Tensor, w_ih: Tensor, ln_ih: Tensor | None, has_bias: bool,
                               d_gates_x: Tensor) -> ProjectionGrads:
     """The backward of input_projection written out (no autograd.grad inside a backward, which
-    torch.compile cannot trace): x [rows, I], d_gates_x [rows, 4H]."""
-    d_out = d_gates_x
+    torch.compile cannot trace): x [rows, I], d_gates_x [rows, 4H].
+
+    Computed in the compute dtype (float32 for half types), so that summing these weight
+    gradients over blocks rounds to the storage dtype once, at the end; dx comes back in x's
+    dtype.
+    """
+    acc = compute_dtype(x.dtype)
+    x, w_ih, d_out = x.to(acc), w_ih.to(acc), d_gates_x.to(acc)
     d_bias = d_out.sum(0) if has_bias else None
     d_ln = None
     if ln_ih is not None:
+        ln_ih = ln_ih.to(acc)
         projected = x @ w_ih.T
         centered = projected - projected.mean(-1, keepdim=True)
         rstd = torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + LN_EPS)
@@ -65,4 +74,4 @@ def input_projection_backward(x: Tensor, w_ih: Tensor, ln_ih: Tensor | None, has
         d_ln = (d_out * x_hat).sum(0)
         d_hat = d_out * ln_ih
         d_out = rstd * (d_hat - d_hat.mean(-1, keepdim=True) - x_hat * (d_hat * x_hat).mean(-1, keepdim=True))
-    return ProjectionGrads(d_out @ w_ih, d_out.T @ x, d_bias, d_ln)
+    return ProjectionGrads((d_out @ w_ih).to(d_gates_x.dtype), d_out.T @ x, d_bias, d_ln)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from torch_lstm_ext.dtypes import compute_dtype
 from torch_lstm_ext.projection import (
     LayerWeights,
     ProjectionGrads,
@@ -24,18 +25,20 @@ from torch_lstm_ext.schedule import as_rows, time_blocks
 
 class GradSums:
     """Running sums of named gradients, in the order they are added (that order fixes the
-    rounding, so every caller that must agree bit for bit adds in the same order)."""
+    rounding, so every caller that must agree bit for bit adds in the same order), kept in the
+    compute dtype (float32 for half types) and rounded to the storage dtype once, by `get`."""
 
     def __init__(self) -> None:
         self.sums: dict[str, Tensor] = {}
 
     def add(self, name: str, grad: Tensor | None) -> None:
         if grad is not None and grad.numel():
+            grad = grad.to(compute_dtype(grad.dtype))
             self.sums[name] = grad if name not in self.sums else self.sums[name] + grad
 
-    def get(self, name: str) -> Tensor | None:
-        return self.sums.get(name)
-
+    def get(self, name: str, dtype: torch.dtype) -> Tensor | None:
+        total = self.sums.get(name)
+        return None if total is None else total.to(dtype)
 
 
 def _blocks(d_gates_x: Tensor, batch_sizes: Tensor | None, reverse: bool, block_steps: int):
@@ -71,9 +74,9 @@ def input_projection_bwd(
         add_projection_grads(sums, grads)
     return (
         dx.reshape(x.shape) if compute_dx else dx,
-        sums.get("w_ih") if sums.get("w_ih") is not None else torch.zeros_like(w_ih),
-        sums.get("bias") if has_bias else w_ih.new_empty(0),
-        sums.get("ln_ih") if ln_ih is not None else w_ih.new_empty(0),
+        sums.get("w_ih", w_ih.dtype),
+        sums.get("bias", w_ih.dtype) if has_bias else w_ih.new_empty(0),
+        sums.get("ln_ih", w_ih.dtype) if ln_ih is not None else w_ih.new_empty(0),
     )
 
 
