@@ -33,6 +33,12 @@ def _part(t: Tensor | None, block: Block, packed: bool) -> Tensor | None:
     return t[block.lo : block.hi] if packed else t[block.t0 : block.t1]
 
 
+def _recurrence_args(w: LayerWeights, zoneout_c, zoneout_h, block: Block, packed: bool,
+                     variants: VariantConfig) -> tuple:
+    """The variant arguments of lstm_fwd for one block."""
+    return (w.peephole, w.ln_hh, w.ln_c, _part(zoneout_c, block, packed), _part(zoneout_h, block, packed),
+            variants.cell_clip)
+
 
 class CheckpointedLayer(torch.autograd.Function):
     """apply(x, h0, c0, batch_sizes, reverse, zoneout_c, zoneout_h, variants, *weights)
@@ -53,8 +59,7 @@ class CheckpointedLayer(torch.autograd.Function):
             sizes = None if not packed else batch_sizes[block.t0 : block.t1]
             y, h, c, _, _ = torch.ops.torch_lstm_ext.lstm_fwd(
                 input_projection(_part(x, block, packed), w), w.w_hh, w.w_hr, h, c, sizes, reverse,
-                w.peephole, w.ln_hh, w.ln_c, _part(zoneout_c, block, packed), _part(zoneout_h, block, packed),
-                variants.cell_clip,
+                *_recurrence_args(w, zoneout_c, zoneout_h, block, packed, variants),
             )
             _part(output, block, packed).copy_(y)
         ctx.save_for_backward(x, batch_sizes, zoneout_c, zoneout_h, *weights, *starts)
@@ -80,8 +85,7 @@ class CheckpointedLayer(torch.autograd.Function):
             h_start, c_start = starts[2 * k], starts[2 * k + 1]
             sizes = None if not packed else batch_sizes[block.t0 : block.t1]
             x_block = _part(x, block, packed)
-            variant_args = (w.peephole, w.ln_hh, w.ln_c, _part(zoneout_c, block, packed),
-                            _part(zoneout_h, block, packed), ctx.variants.cell_clip)
+            variant_args = _recurrence_args(w, zoneout_c, zoneout_h, block, packed, ctx.variants)
             y, _, _, gates, cells = torch.ops.torch_lstm_ext.lstm_fwd(
                 input_projection(x_block, w), w.w_hh, w.w_hr, h_start, c_start, sizes, ctx.reverse,
                 *variant_args,
