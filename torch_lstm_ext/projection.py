@@ -57,21 +57,25 @@ def input_projection_backward(x: Tensor, w_ih: Tensor, ln_ih: Tensor | None, has
     """The backward of input_projection written out (no autograd.grad inside a backward, which
     torch.compile cannot trace): x [rows, I], d_gates_x [rows, 4H].
 
-    Computed in the compute dtype (float32 for half types), so that summing these weight
-    gradients over blocks rounds to the storage dtype once, at the end; dx comes back in x's
-    dtype.
+    The bias and layer-norm math and the returned weight gradients are in the compute dtype
+    (float32 for half types), so that callers summing them over blocks (GradSums) round to the
+    storage dtype once, at the end. The GEMMs run in float32 on the CPU, like the rest of the
+    CPU path, and in the storage dtype on a GPU, whose tensor cores accumulate in float32 anyway.
+    dx comes back in x's dtype.
     """
     acc = compute_dtype(x.dtype)
-    x, w_ih, d_out = x.to(acc), w_ih.to(acc), d_gates_x.to(acc)
+    gemm = acc if x.device.type == "cpu" else x.dtype
+    x_g, w_g = x.to(gemm), w_ih.to(gemm)
+    d_out = d_gates_x.to(acc)
     d_bias = d_out.sum(0) if has_bias else None
     d_ln = None
     if ln_ih is not None:
-        ln_ih = ln_ih.to(acc)
-        projected = x @ w_ih.T
+        projected = (x_g @ w_g.T).to(acc)
         centered = projected - projected.mean(-1, keepdim=True)
         rstd = torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + LN_EPS)
         x_hat = centered * rstd
         d_ln = (d_out * x_hat).sum(0)
-        d_hat = d_out * ln_ih
+        d_hat = d_out * ln_ih.to(acc)
         d_out = rstd * (d_hat - d_hat.mean(-1, keepdim=True) - x_hat * (d_hat * x_hat).mean(-1, keepdim=True))
-    return ProjectionGrads((d_out @ w_ih).to(d_gates_x.dtype), d_out.T @ x, d_bias, d_ln)
+    d_g = d_out.to(gemm)
+    return ProjectionGrads((d_g @ w_g).to(x.dtype), (d_g.T @ x_g).to(acc), d_bias, d_ln)
