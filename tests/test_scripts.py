@@ -59,3 +59,9 @@ def test_gpu_benchmarks_dry_run_on_cpu(tmp_path):
     assert [row["variant"] for row in variants["variants"]] == ["peephole", "layer_norm", "zoneout", "all"]
     assert all(row["ours_error"] <= 2 * row["loop_error"] + 1e-5 for row in variants["variants"])
     assert [row["layers"] for row in variants["checkpoint"]] == [1, 2]
+
+
+def test_checkpoint_sweep_runs_and_reports(tmp_path):
+    result = _run([str(SCRIPTS / "checkpoint_sweep.py"), "--seed", "4", "--configs", "2", "--small-blocks"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "seed 4: 0 of 2 configurations differ" in result.stdout
