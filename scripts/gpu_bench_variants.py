@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from bench_measure import interleaved_medians, peak_memory_mib
 from bench_variants import LOSSES
-from variant_loop import VariantLoopLSTM, call_with_fresh_masks
+from variant_loop import VariantLoopLSTM, call_with_fresh_masks, draw_masks
 
 import torch_lstm_ext
 
@@ -35,18 +35,18 @@ VARIANTS: dict[str, dict] = {
 
 def _max_errors(ours: torch_lstm_ext.LSTM, x: torch.Tensor) -> tuple[float, float]:
     """Max abs error of ours and of the loop, both fp32, against the loop in float64, all three
-    drawing the same masks. Float64 on CUDA would run our NumPy path rather than the Triton
-    kernels, hence this test of accuracy instead of a float64 comparison; and a fixed fp32 bound
-    says little, as layer norm's fp32 rounding grows to ~1e-3 over a hundred steps in both."""
-
-    def seeded(run):
+    with the same masks (drawn once in fp32: the RNG draws other masks for float64 tensors).
+    Float64 on CUDA would run our NumPy path rather than the Triton kernels, hence this test of
+    accuracy instead of a float64 comparison; and a fixed fp32 bound says little, as layer norm's
+    fp32 rounding grows to ~1e-3 over a hundred steps in both."""
+    with torch.no_grad():
         torch.manual_seed(1)
-        with torch.no_grad():
-            return run().double()
-
-    truth = seeded(lambda: call_with_fresh_masks(VariantLoopLSTM(copy.deepcopy(ours).double()), x.double()))
-    ours_out = seeded(lambda: ours(x)[0])
-    loop_out = seeded(lambda: call_with_fresh_masks(VariantLoopLSTM(ours), x))
+        masks = draw_masks(ours, x)
+        torch.manual_seed(1)
+        ours_out = ours(x)[0].double()
+        loop_out = VariantLoopLSTM(ours)(x, *masks).double()
+        masks64 = [None if m is None else m.double() for m in masks]
+        truth = VariantLoopLSTM(copy.deepcopy(ours).double())(x.double(), *masks64)
     return (ours_out - truth).abs().max().item(), (loop_out - truth).abs().max().item()
 
 
@@ -57,6 +57,9 @@ def bench_variant(name: str, shape: tuple[int, int, int, int], device: str, budg
     loop = VariantLoopLSTM(ours)
     x = torch.randn(T, B, I, device=device)
     ours_error, loop_error = _max_errors(ours, x)
+    # The fp32 loop far from its float64 self means the three did not share their masks.
+    if not loop_error <= 1e-2:
+        raise SystemExit(f"{name}: the fp32 loop is off by {loop_error:.2e} against float64; masks differ?")
     # Ours may be no less accurate than the loop users write (with slack for a tiny loop error).
     if not ours_error <= 2 * loop_error + 1e-5:
         raise SystemExit(f"{name}: ours is off by {ours_error:.2e} against float64, "

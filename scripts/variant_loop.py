@@ -68,14 +68,19 @@ class VariantLoopLSTM(nn.Module):
         return torch.stack(outputs)
 
 
-def call_with_fresh_masks(loop: VariantLoopLSTM, x: Tensor) -> Tensor:
-    """Draw the masks in the order torch_lstm_ext.LSTM draws them (weight_hh dropout, zoneout of
-    c, zoneout of h), then run the loop: with the same seed both see the same masks."""
-    ours, v = loop.ours, loop.v
+def draw_masks(ours: torch_lstm_ext.LSTM, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(weight_hh after DropConnect, zoneout weights of c, of h), drawn in the order
+    torch_lstm_ext.LSTM draws them: with the same seed both see the same masks."""
+    v = ours.variants
     w_hh = ours.weight_hh_l0
     if v.weight_dropout:
         w_hh = F.dropout(w_hh, v.weight_dropout, training=True)
     shape = (*x.shape[:2], ours.hidden_size)
     zc = x.new_empty(shape).bernoulli_(v.zoneout_cell) if v.zoneout_cell else None
     zh = x.new_empty(shape).bernoulli_(v.zoneout_hidden) if v.zoneout_hidden else None
-    return loop(x, w_hh, zc, zh)
+    return w_hh, zc, zh
+
+
+def call_with_fresh_masks(loop: VariantLoopLSTM, x: Tensor) -> Tensor:
+    """Draw the masks (draw_masks), then run the loop."""
+    return loop(x, *draw_masks(loop.ours, x))
