@@ -2,11 +2,13 @@
 
 Rows are time-major; step t owns rows [offset_t, offset_t + n_t) and its active sequences are
 batch rows 0..n_t-1 (PackedSequence sorts by decreasing length, so n_t never grows with t).
-Everything here is computed once per call with NumPy on the CPU, where batch_sizes lives.
+Everything here is computed with NumPy on the CPU, where batch_sizes lives; device_index keeps
+the device copies of the indexes the kernels' callers need.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,5 +85,27 @@ class Layout:
         return t * self.batch + b
 
 
-def index_tensor(index: np.ndarray, device: torch.device) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64)).to(device)
+# What device_index can return: Layout methods without arguments, by name, and the end rows.
+_INDEXES = {
+    "previous_rows": lambda layout: layout.previous_rows(),
+    "padded_rows": lambda layout: layout.padded_rows(),
+    "first_rows": lambda layout: layout.end_rows(last=False),
+    "last_rows": lambda layout: layout.end_rows(last=True),
+    "lengths": lambda layout: layout.lengths().astype(np.int32),
+}
+
+
+def device_index(layout: Layout, which: str, device: torch.device) -> Tensor:
+    """One of the layout's index arrays (_INDEXES) as a tensor on `device`; read-only.
+
+    Cached per layout and device: a blocking host-to-device copy synchronises the stream, and
+    the recurrence asks for the same few indexes at every training step (and, checkpointed, in
+    every block), so only the first call of a shape copies.
+    """
+    return _device_index(layout.sizes.tobytes(), layout.batch, layout.reverse, which, device)
+
+
+@functools.lru_cache(maxsize=256)
+def _device_index(sizes: bytes, batch: int, reverse: bool, which: str, device: torch.device) -> Tensor:
+    layout = Layout(np.frombuffer(sizes, dtype=np.int64), batch, reverse)
+    return torch.from_numpy(np.ascontiguousarray(_INDEXES[which](layout))).to(device)

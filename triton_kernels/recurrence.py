@@ -18,7 +18,7 @@ from torch import Tensor
 
 from torch_lstm_ext.triton_kernels.dispatch import Kernel, choose_kernel
 from torch_lstm_ext.triton_kernels.float64 import float64_backward, float64_forward
-from torch_lstm_ext.triton_kernels.layout import Layout, index_tensor
+from torch_lstm_ext.triton_kernels.layout import Layout, device_index
 from torch_lstm_ext.triton_kernels.persistent_backward import persistent_backward
 from torch_lstm_ext.triton_kernels.persistent_forward import persistent_forward
 from torch_lstm_ext.triton_kernels.step_backward import step_backward
@@ -57,13 +57,13 @@ def _final_rows(rows: Tensor, initial: Tensor, active_rows: Tensor) -> Tensor:
 
 def _previous_h(flat_y: Tensor, h0: Tensor, layout: Layout) -> Tensor:
     """Every row's previous h, [N, P]: y's row of the previous step, or h0."""
-    return torch.cat((flat_y, h0)).index_select(0, index_tensor(layout.previous_rows(), flat_y.device))
+    return torch.cat((flat_y, h0)).index_select(0, device_index(layout, "previous_rows", flat_y.device))
 
 
 def _padding(layout: Layout, batch_sizes: Tensor | None, device: torch.device):
     """(lengths int32 [B], packed -> padded row index or None when the input is already padded)."""
-    lengths = torch.from_numpy(layout.lengths()).to(device=device, dtype=torch.int32)
-    rows = None if batch_sizes is None else index_tensor(layout.padded_rows(), device)
+    lengths = device_index(layout, "lengths", device)
+    rows = None if batch_sizes is None else device_index(layout, "padded_rows", device)
     return lengths, rows
 
 
@@ -117,7 +117,7 @@ def lstm_forward(
             y, gates, cells = variant_step_forward(flat, w_hh, w_hr, h0, c0, layout, v)
         else:
             y, gates, cells = step_forward(flat, w_hh, w_hr, h0, c0, layout)
-        last = index_tensor(layout.end_rows(last=True), flat.device)
+        last = device_index(layout, "last_rows", flat.device)
         h_n = _final_rows(y, h0, last)
         c_n = _final_rows(cells, c0, last)
     lead = gates_x.shape[:-1]
@@ -186,7 +186,7 @@ def lstm_backward(
         d_gates, d_out, dc = step_backward(
             flat_grad_y, grad_hn, grad_cn, w_hh, w_hr, c0, flat_gates, flat_cells, layout
         )
-        first = index_tensor(layout.end_rows(last=False), device)
+        first = device_index(layout, "first_rows", device)
         d_h0 = grad_hn.to(torch.float32, copy=True)
         d_h0[: len(first)] = d_gates.index_select(0, first).float() @ w_hh.float()
         d_h0, d_c0 = d_h0.to(h0.dtype), dc.to(c0.dtype)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from torch_lstm_ext.triton_kernels.layout import Layout, index_tensor
+from torch_lstm_ext.triton_kernels.layout import Layout, device_index
 from torch_lstm_ext.triton_kernels.variant_args import Variants
 from torch_lstm_ext.triton_kernels.variant_step_backward import variant_step_backward
 
@@ -28,7 +28,7 @@ def variant_backward(
     s = variant_step_backward(grad_y, grad_hn, grad_cn, w_hh, w_hr, c0, gates, cells, h_prev, layout, v)
 
     # dL/dh0: the first processed step's d_hh through W_hh plus, with zoneout, its kept share.
-    first = index_tensor(layout.end_rows(last=False), grad_y.device)
+    first = device_index(layout, "first_rows", grad_y.device)
     d_h0 = grad_hn.to(acc, copy=True)
     d_h0[: len(first)] = s.d_hh.index_select(0, first).to(acc) @ w_hh.to(acc)
     if v.zoneout_h is not None:
