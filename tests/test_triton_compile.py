@@ -1,18 +1,12 @@
-"""The Triton kernels compiled for an H100 / H200 (sm_90a) on this CPU-only machine.
+"""The Triton kernels compiled for an H100 / H200 (sm_90a) on this CPU-only machine (sm90_compile.py).
 
-The interpreter does not enforce GPU rules (tl.dot shapes and dtypes, loop-carried types, the
-16-bit tensor-core branch it never takes); the real compiler does, and Triton ships ptxas, so
-every kernel is compiled ahead of time here. `ptxas -v` also gives the register spills behind
-dispatch.py's persistent budgets. Skipped under TRITON_INTERPRET=1 (kernels are interpreted
+`ptxas -v` gives the register spills behind dispatch.py's persistent budgets. Skipped under TRITON_INTERPRET=1 (kernels are interpreted
 there) and where Triton's bundled ptxas is missing.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -20,10 +14,8 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     pytest.skip("compiles the kernels, which TRITON_INTERPRET=1 replaces", allow_module_level=True)
 
 import torch
-import triton
 import triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from sm90_compile import PTXAS, TL_DTYPE, compile_for_sm90
 
 from torch_lstm_ext.triton_kernels import (
     persistent_backward,
@@ -36,45 +28,10 @@ from torch_lstm_ext.triton_kernels import (
 from torch_lstm_ext.triton_kernels.dispatch import choose_kernel
 from torch_lstm_ext.triton_kernels.tuning import MAX_BATCH_BLOCK, feature_block, row_block, row_warps
 
-PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 pytestmark = pytest.mark.skipif(not PTXAS.exists(), reason="Triton's bundled ptxas is missing")
 
+# The dtypes these tests compile for (fp16 takes the same tensor-core path as bf16).
 STORAGE = {torch.float32: "fp32", torch.bfloat16: "bf16"}
-TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}
-# Pointer arguments held in fp32 whatever the storage dtype (saved gates / cells, scratch).
-FP32_POINTERS = {"gates_ptr", "cells_ptr", "dc_ptr", "d_out_ptr", "hh_ptr", "dr_ptr", "r_rows_ptr",
-                 "d_peephole_ptr", "d_ln_hh_ptr", "d_ln_c_ptr"}
-FLOAT_SCALARS = {"cell_clip", "grad_clip"}
-
-
-def compile_for_sm90(kernel, dtype: torch.dtype, constexprs: dict, num_warps: int, num_stages: int):
-    """Compile `kernel` (JITFunction or Autotuner) for sm_90a; returns ptxas's (registers, spill bytes)."""
-    fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
-    signature = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name == "lengths_ptr":
-            signature[name] = "*i32"
-        elif name.endswith("_ptr"):
-            signature[name] = "*fp32" if name in FP32_POINTERS else f"*{STORAGE[dtype]}"
-        elif name in FLOAT_SCALARS:
-            signature[name] = "fp32"
-        else:
-            signature[name] = "i32"
-    compiled = triton.compile(
-        ASTSource(fn, signature, constexprs=constexprs),
-        target=GPUTarget("cuda", 90, 32),
-        options={"num_warps": num_warps, "num_stages": num_stages},
-    )
-    ptx = Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / f"{fn.__name__}_{os.getpid()}.ptx"
-    ptx.write_text(compiled.asm["ptx"])
-    report = subprocess.run([str(PTXAS), "-arch=sm_90a", "-v", str(ptx), "-o", os.devnull],
-                            capture_output=True, text=True, check=True).stderr
-    ptx.unlink()
-    registers = int(re.search(r"Used (\d+) registers", report).group(1))
-    spills = int(re.search(r"(\d+) bytes spill stores", report).group(1))
-    return registers, spills
 
 
 @pytest.mark.parametrize("dtype", STORAGE, ids=STORAGE.values())
@@ -90,14 +47,14 @@ def test_per_step_kernels_compile_without_spills(dtype, has_proj):
                           **config.kwargs}
             if "HAS_PROJ" in kernel.fn.arg_names:
                 constexprs["HAS_PROJ"] = has_proj
-            _, spills = compile_for_sm90(kernel, dtype, constexprs, config.num_warps, config.num_stages)
+            spills = compile_for_sm90(kernel, dtype, constexprs, config.num_warps, config.num_stages).spills
             assert spills == 0, f"{kernel.fn.__name__} {config}: {spills} bytes spilled"
 
 
 def _compile_configs_without_spills(kernel, dtype: torch.dtype, constexprs: dict) -> None:
     for config in kernel.configs:
         constexprs = {**constexprs, "DOT_DTYPE": TL_DTYPE[dtype], "BLOCK_B": MAX_BATCH_BLOCK, **config.kwargs}
-        _, spills = compile_for_sm90(kernel, dtype, constexprs, config.num_warps, config.num_stages)
+        spills = compile_for_sm90(kernel, dtype, constexprs, config.num_warps, config.num_stages).spills
         assert spills == 0, f"{kernel.fn.__name__} {config}: {spills} bytes spilled"
 
 
@@ -125,7 +82,7 @@ def test_variant_whole_row_kernels_compile_without_spills(dtype, H):
                    variant_step_backward.lstm_variant_step_backward_kernel):
         constexprs = {"H": H, "P": H, "HAS_PROJ": False, "BLOCK_B": row_block(H), "BLOCK_H": feature_block(H),
                       **{k: v for k, v in ALL_VARIANTS_ON.items() if k in kernel.arg_names}}
-        _, spills = compile_for_sm90(kernel, dtype, constexprs, row_warps(H), 1)
+        spills = compile_for_sm90(kernel, dtype, constexprs, row_warps(H), 1).spills
         assert spills == 0, f"{kernel.__name__} H={H}: {spills} bytes spilled"
 
 
@@ -146,7 +103,7 @@ def test_persistent_kernels_fit_on_chip_at_the_dispatch_edge(dtype, H, P, has_pr
         constexprs = {"H": H, "P": P, "HAS_PROJ": has_proj, "REVERSE": reverse, "DOT_DTYPE": TL_DTYPE[dtype],
                       "BLOCK_B": persistent_forward.BLOCK_B, "BLOCK_H": feature_block(H),
                       "BLOCK_P": feature_block(P)}
-        _, spills = compile_for_sm90(kernel, dtype, constexprs, persistent_forward.NUM_WARPS, 1)
+        spills = compile_for_sm90(kernel, dtype, constexprs, persistent_forward.NUM_WARPS, 1).spills
         # A few bytes of spill (a stack slot or two) are harmless; the weights spilling is kilobytes.
         assert spills <= 64, f"{kernel.__name__} {dtype} H={H} P={P}: {spills} bytes spilled"
 
@@ -156,6 +113,6 @@ def test_fp32_persistent_kernels_spill_past_the_budget():
     assert choose_kernel(64, 64, False, torch.float32) == "step"
     constexprs = {"H": 64, "P": 64, "HAS_PROJ": False, "REVERSE": False, "DOT_DTYPE": tl.float32,
                   "BLOCK_B": persistent_forward.BLOCK_B, "BLOCK_H": 64, "BLOCK_P": 64}
-    _, spills = compile_for_sm90(persistent_forward.lstm_persistent_forward_kernel, torch.float32, constexprs,
-                                 persistent_forward.NUM_WARPS, 1)
+    spills = compile_for_sm90(persistent_forward.lstm_persistent_forward_kernel, torch.float32, constexprs,
+                                 persistent_forward.NUM_WARPS, 1).spills
     assert spills > 1024
