@@ -1,0 +1,366 @@
+"""Cooperative forward: one launch for the whole sequence, the hidden units split over programs.
+
+Grid (unit blocks, batch tiles, directions). Program (u, b, d) owns BLOCK_U hidden units, all four
+gate rows of them, for BLOCK_B batch rows of direction d. Each step it reads the previous h
+[BLOCK_B, P] from global memory (y's row of the previous step, in the storage dtype, or h0),
+multiplies it by its W_hh rows in ONE dot whose 4 * BLOCK_U columns interleave the gates
+(column 4 * unit + gate: the warps split those columns, so no warp holds a gate's weights twice),
+adds gates_x, applies the activations and the cell update (c of its units stays in fp32
+registers), and writes y, gates and cells. The programs of one batch tile and direction then meet
+at a per-step arrival counter (grid_sync.py) before anyone reads the new h. y has a fresh row per
+step, so nothing is overwritten while a slower program still reads it.
+
+With a projection a step has two phases: phase 1 writes r = o * tanh(c) of its units into a
+scratch row of that step, everyone meets, then in phase 2 the programs split the P output
+columns (BLOCK_Q each) and compute y[:, q] = r @ W_hr[q, :]^T; they meet again before the next
+step.
+
+WEIGHTS_ON_CHIP loads the W_hh (and W_hr) slice once before the time loop and keeps it in
+registers; otherwise each step streams it from L2 in BLOCK_K chunks. `plan` picks one.
+
+Layout as persistent_forward.py: padded rows [T * B], per-row lengths; a row past its length
+carries h and c unchanged, and the kernel writes the carried values into that step's y and cells
+rows (the next step reads its state from there; the caller drops those rows). Directions are
+stacked on a leading axis; direction 1 runs reversed relative to direction 0, so a bidirectional
+layer is one launch. Variants: peephole, zoneout on c and h, cell clip (equations:
+torch_lstm_ext/variant_reference.py), saving what variant_step_forward.py saves.
+
+Under TRITON_INTERPRET=1, whose programs run one after another (a wait would never end), the
+launcher runs one launch per step and phase (STEP_PER_LAUNCH, PHASE): the launch boundary is the
+synchronisation, and each launch reads its carried state from memory (the previous step's y and
+cells rows, or h0 / c0).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from torch_lstm_ext.config import triton_interpreter_enabled
+from torch_lstm_ext.triton_kernels.buffers import kernel_output
+from torch_lstm_ext.triton_kernels.grid_sync import arrival_counters, arrive, launch_resident, wait_for
+from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, store_gates, tanh
+from torch_lstm_ext.triton_kernels.tuning import dot_dtype, feature_block
+from torch_lstm_ext.triton_kernels.variant_args import Variants
+
+
+@triton.jit
+def _weights_t(w_ptr, w_rows, w_ok, ks, width, DOT_DTYPE: tl.constexpr):
+    """W[w_rows, ks] transposed, [len(ks), len(w_rows)] in DOT_DTYPE; W row-major [*, width]."""
+    mask = (ks < width)[:, None] & w_ok[None, :]
+    return tl.load(w_ptr + w_rows[None, :] * width + ks[:, None], mask=mask, other=0.0).to(DOT_DTYPE)
+
+
+@triton.jit
+def _rows(row_base, row_ok, ks, width, DOT_DTYPE: tl.constexpr):
+    """Columns ks of the rows starting at pointers row_base [R]: [R, len(ks)] in DOT_DTYPE."""
+    mask = row_ok[:, None] & (ks < width)[None, :]
+    return tl.load(row_base[:, None] + ks[None, :], mask=mask, other=0.0).to(DOT_DTYPE)
+
+
+@triton.jit
+def _times_w_t(row_base, row_ok, w, w_rows, w_ok, acc, K: tl.constexpr, DOT_DTYPE: tl.constexpr,
+               ON_CHIP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + X @ W[w_rows, :]^T, fp32 [R, len(w_rows)]; X's rows [R, K] start at row_base.
+
+    ON_CHIP: w is the whole slice, _weights_t over feature_block(K) columns. Otherwise w is W's
+    pointer (row-major [*, K]) and the slice streams in BLOCK_K chunks.
+    """
+    if ON_CHIP:
+        x = _rows(row_base, row_ok, tl.arange(0, w.shape[0]), K, DOT_DTYPE)
+        acc = dot_acc(x, w, acc, DOT_DTYPE)
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            acc = dot_acc(_rows(row_base, row_ok, ks, K, DOT_DTYPE),
+                          _weights_t(w, w_rows, w_ok, ks, K, DOT_DTYPE), acc, DOT_DTYPE)
+    return acc
+
+
+@triton.jit
+def _split_gates(acc, BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr):
+    """The i, f, g, o tiles [BLOCK_B, BLOCK_U] of acc [BLOCK_B, 4 * BLOCK_U], whose column
+    4 * unit + gate holds (unit, gate)."""
+    even, odd = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_U, 2, 2)))
+    i, g = tl.split(even)
+    f, o = tl.split(odd)
+    return i, f, g, o
+
+
+@triton.jit
+def _carried(hist_ptr, init_ptr, s, prev_rows, state_rows, cols, width, mask):
+    """fp32 state a launch starts step s from: hist[prev_rows] (the previous step's rows) when
+    s > 0, else init[state_rows] (h0 / c0)."""
+    if s > 0:
+        x = load_rows(hist_ptr, prev_rows, cols, width, mask)
+    else:
+        x = load_rows(init_ptr, state_rows, cols, width, mask)
+    return x
+
+
+@triton.jit
+def _step_rows(s, rev, T, B, d, rows):
+    """(t, this step's rows, the previous step's rows) of processing step s, in the stacked
+    [D * T * B] row space (int64 [BLOCK_B]); rev = 1 when direction d runs backwards in time."""
+    t = s + rev * (T - 1 - 2 * s)
+    now = ((d * T + t) * B + rows).to(tl.int64)
+    prev = ((d * T + t - 1 + 2 * rev) * B + rows).to(tl.int64)
+    return t, now, prev
+
+
+@triton.jit
+def _vector(ptr, cols, col_ok):
+    """A parameter vector's slice as a fp32 [1, len(cols)] row."""
+    return tl.load(ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit(do_not_specialize=["first_step", "num_steps", "cell_clip"])
+def lstm_cooperative_forward_kernel(
+    gx_ptr, w_hh_ptr, w_hr_ptr, h0_ptr, c0_ptr, lengths_ptr, peephole_ptr, zc_ptr, zh_ptr,
+    y_ptr, gates_ptr, cells_ptr, r_ptr, h_n_ptr, c_n_ptr, counters_ptr,
+    T, B, first_step, num_steps, reverse, cell_clip,
+    H: tl.constexpr, P: tl.constexpr, HAS_PROJ: tl.constexpr,
+    PEEPHOLE: tl.constexpr, ZONEOUT_C: tl.constexpr, ZONEOUT_H: tl.constexpr, CELL_CLIP: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_Q: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
+    WEIGHTS_ON_CHIP: tl.constexpr, STEP_PER_LAUNCH: tl.constexpr, PHASE: tl.constexpr,
+):
+    """Steps first_step .. first_step + num_steps - 1 of every direction (D = grid axis 2).
+
+    Stacked rows, N = D * T * B: gx [N, 4H], y [N, P], gates [N, 4H] fp32, cells [N, H] fp32,
+    r [N, H] (the projection's input, storage dtype), zc [N, H], zh [N, P]; w_hh [D, 4H, P],
+    w_hr [D, P, H], peephole [D, 3, H]; h0 / h_n [D * B, P], c0 / c_n [D * B, H]; lengths int32
+    [B]; counters int32 [phases, T, D * batch tiles], zeroed. Direction d runs reversed when
+    reverse + d is odd. PHASE 0 runs both phases of each step, 1 only the gates, 2 only the
+    projection (one launch each with STEP_PER_LAUNCH, which also skips the waits). Pointers of
+    variants that are off are placeholders, never read.
+    """
+    GATES: tl.constexpr = PHASE != 2
+    PROJECTS: tl.constexpr = HAS_PROJ and PHASE != 1
+    # Whether this launch finishes h: in the gate phase without a projection, else in phase 2.
+    FINISHES_H: tl.constexpr = PROJECTS or (GATES and not HAS_PROJ)
+    u = tl.program_id(0)
+    d = tl.program_id(2)
+    programs = tl.num_programs(0)
+    tiles = tl.num_programs(1) * tl.num_programs(2)
+    tile = d * tl.num_programs(1) + tl.program_id(1)
+    rev = (reverse + d) % 2
+    G: tl.constexpr = 4 * H
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    lengths = tl.load(lengths_ptr + rows, mask=row_ok, other=0)
+    state_rows = (d * B + rows).to(tl.int64)
+    units = u * BLOCK_U + tl.arange(0, BLOCK_U)
+    unit_ok = units < H
+    unit_mask = row_ok[:, None] & unit_ok[None, :]
+    # The output columns whose h this program writes and carries: its units, or its P slice.
+    if HAS_PROJ:
+        outs = u * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    else:
+        outs = units
+    out_ok = outs < P
+    out_mask = row_ok[:, None] & out_ok[None, :]
+    w_hh_ptr += d * (G * P)
+    w_hr_ptr += d * (P * H)
+    peephole_ptr += d * (3 * H)
+    # The fused gate columns j = 4 * unit + gate are W_hh rows gate * H + unit.
+    js = tl.arange(0, 4 * BLOCK_U)
+    gate_rows = (js % 4) * H + u * BLOCK_U + js // 4
+    gate_ok = (u * BLOCK_U + js // 4) < H
+    if WEIGHTS_ON_CHIP:
+        w_gates = _weights_t(w_hh_ptr, gate_rows, gate_ok, tl.arange(0, BLOCK_P), P, DOT_DTYPE)
+        if PROJECTS:
+            w_out = _weights_t(w_hr_ptr, outs, out_ok, tl.arange(0, BLOCK_H), H, DOT_DTYPE)
+    else:
+        w_gates = w_hh_ptr
+        w_out = w_hr_ptr
+    if PEEPHOLE:
+        w_ci = _vector(peephole_ptr, units, unit_ok)
+        w_cf = _vector(peephole_ptr, H + units, unit_ok)
+        w_co = _vector(peephole_ptr, 2 * H + units, unit_ok)
+
+    _, _, prev_rows = _step_rows(first_step, rev, T, B, d, rows)
+    h = _carried(y_ptr, h0_ptr, first_step, prev_rows, state_rows, outs, P, out_mask)
+    if GATES:
+        c = _carried(cells_ptr, c0_ptr, first_step, prev_rows, state_rows, units, H, unit_mask)
+    s = first_step
+    while s < first_step + num_steps:
+        t, now_rows, prev_rows = _step_rows(s, rev, T, B, d, rows)
+        active = row_ok & (t < lengths)
+        keep = active[:, None]
+        if GATES:
+            # This step's inputs first: their latency hides behind the wait.
+            gx_mask = active[:, None] & unit_ok[None, :]
+            gx_i = load_rows(gx_ptr, now_rows, units, G, gx_mask)
+            gx_f = load_rows(gx_ptr, now_rows, H + units, G, gx_mask)
+            gx_g = load_rows(gx_ptr, now_rows, 2 * H + units, G, gx_mask)
+            gx_o = load_rows(gx_ptr, now_rows, 3 * H + units, G, gx_mask)
+            if ZONEOUT_C:
+                m_c = load_rows(zc_ptr, now_rows, units, H, gx_mask)
+        if ZONEOUT_H and FINISHES_H:
+            m_h = load_rows(zh_ptr, now_rows, outs, P, active[:, None] & out_ok[None, :])
+        if GATES:
+            if not STEP_PER_LAUNCH:
+                if s > 0:
+                    # The previous step's last phase: its h is complete.
+                    wait_for(counters_ptr + (HAS_PROJ * T + s - 1) * tiles + tile, programs)
+            h_base = tl.where(s > 0, y_ptr + prev_rows * P, h0_ptr + state_rows * P)
+            acc = _times_w_t(h_base, row_ok, w_gates, gate_rows, gate_ok,
+                             tl.zeros((BLOCK_B, 4 * BLOCK_U), dtype=tl.float32), P, DOT_DTYPE,
+                             WEIGHTS_ON_CHIP, BLOCK_K)
+            a_i, a_f, a_g, a_o = _split_gates(acc, BLOCK_B, BLOCK_U)
+            z_i = a_i + gx_i
+            z_f = a_f + gx_f
+            if PEEPHOLE:
+                z_i += w_ci * c
+                z_f += w_cf * c
+            i = tl.sigmoid(z_i)
+            f = tl.sigmoid(z_f)
+            g = tanh(a_g + gx_g)
+            c_new = f * c + i * g
+            if CELL_CLIP:
+                c_new = tl.clamp(c_new, -cell_clip, cell_clip)
+            z_o = a_o + gx_o
+            if PEEPHOLE:
+                z_o += w_co * c_new
+            o = tl.sigmoid(z_o)
+            r = o * tanh(c_new)
+            if ZONEOUT_C:
+                c_new = m_c * c + (1.0 - m_c) * c_new
+            c = tl.where(keep, c_new, c)
+            store_gates(gates_ptr, now_rows, units, i, f, g, o, gx_mask, H)
+            tl.store(cells_ptr + now_rows[:, None] * H + units[None, :], c, mask=unit_mask)
+            if HAS_PROJ:
+                tl.store(r_ptr + now_rows[:, None] * H + units[None, :], r.to(r_ptr.dtype.element_ty),
+                         mask=unit_mask)
+            else:
+                if ZONEOUT_H:
+                    r = m_h * h + (1.0 - m_h) * r
+                # Rounded to storage, as the next step reads it back from y.
+                h = tl.where(keep, r.to(y_ptr.dtype.element_ty).to(tl.float32), h)
+                tl.store(y_ptr + now_rows[:, None] * P + outs[None, :], h.to(y_ptr.dtype.element_ty),
+                         mask=out_mask)
+            if not STEP_PER_LAUNCH:
+                arrive(counters_ptr + s * tiles + tile)
+        if PROJECTS:
+            if not STEP_PER_LAUNCH:
+                wait_for(counters_ptr + s * tiles + tile, programs)
+            h_new = _times_w_t(r_ptr + now_rows * H, row_ok, w_out, outs, out_ok,
+                               tl.zeros((BLOCK_B, BLOCK_Q), dtype=tl.float32), H, DOT_DTYPE,
+                               WEIGHTS_ON_CHIP, BLOCK_K)
+            if ZONEOUT_H:
+                h_new = m_h * h + (1.0 - m_h) * h_new
+            h = tl.where(keep, h_new.to(y_ptr.dtype.element_ty).to(tl.float32), h)
+            tl.store(y_ptr + now_rows[:, None] * P + outs[None, :], h.to(y_ptr.dtype.element_ty),
+                     mask=out_mask)
+            if not STEP_PER_LAUNCH:
+                arrive(counters_ptr + (T + s) * tiles + tile)
+        s += 1
+
+    if first_step + num_steps == T:
+        if FINISHES_H:
+            tl.store(h_n_ptr + state_rows[:, None] * P + outs[None, :], h.to(h_n_ptr.dtype.element_ty),
+                     mask=out_mask)
+        if GATES:
+            tl.store(c_n_ptr + state_rows[:, None] * H + units[None, :], c.to(c_n_ptr.dtype.element_ty),
+                     mask=unit_mask)
+
+
+class ForwardPlan(NamedTuple):
+    """Launch configuration of lstm_cooperative_forward_kernel (see `plan`)."""
+
+    block_u: int
+    block_b: int
+    block_q: int
+    block_k: int
+    num_warps: int
+    weights_on_chip: bool
+    grid: tuple[int, int, int]
+
+
+MIN_BLOCK_U = 8
+MAX_BLOCK_B = 64
+BLOCK_K = 32
+
+
+def plan(H: int, P: int, B: int, dtype: torch.dtype, directions: int, sm_count: int,
+         has_proj: bool) -> ForwardPlan | None:
+    """The launch configuration for hidden size H, output size P, batch B, storage dtype, 1 or 2
+    directions, on a GPU with sm_count SMs; None when no grid of at most sm_count programs
+    covers the shape (the programs must all be resident at once)."""
+    block_b = min(MAX_BLOCK_B, max(16, triton.next_power_of_2(B)))
+    batch_tiles = triton.cdiv(B, block_b)
+    block_u = max(MIN_BLOCK_U, triton.next_power_of_2(triton.cdiv(H * batch_tiles * directions, sm_count)))
+    grid = (triton.cdiv(H, block_u), batch_tiles, directions)
+    if grid[0] * batch_tiles * directions > sm_count:
+        return None
+    block_q = max(16, triton.next_power_of_2(triton.cdiv(P, grid[0]))) if has_proj else block_u
+    return ForwardPlan(block_u, block_b, block_q, BLOCK_K, 4, False, grid)
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return INTERPRETER_SMS
+
+
+# The interpreter runs the programs one after another: few "SMs" keep its grids small.
+INTERPRETER_SMS = 8
+
+
+def cooperative_forward(
+    gates_x: Tensor, w_hh: Tensor, w_hr: Tensor | None, h0: Tensor, c0: Tensor, lengths: Tensor,
+    reverse: bool, v: Variants = Variants(), config: ForwardPlan | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Both directions of a layer, padded: y [D, T*B, P] (storage dtype), h_n [D, B, P],
+    c_n [D, B, H], gates [D, T*B, 4H] and cells [D, T*B, H] (float32).
+
+    gates_x [D, T*B, 4H], w_hh [D, 4H, P], w_hr [D, P, H] or None, h0 [D, B, P], c0 [D, B, H],
+    all contiguous, D in {1, 2}; lengths int32 [B] on the device. Direction 0 runs reversed when
+    `reverse`, direction 1 the other way. v (variant_args.Variants): peephole [D, 3, H],
+    zoneout_c [D * T * B, H], zoneout_h [D * T * B, P] (rows as gates_x's), cell_clip; layer
+    norm is not supported. config: plan()'s for this shape and device when None.
+    """
+    if v.ln_hh is not None or v.ln_c is not None:
+        raise ValueError("the cooperative forward has no layer norm")
+    D, rows, G = gates_x.shape
+    H = G // 4
+    B, P = h0.shape[1:]
+    T = rows // B
+    device = gates_x.device
+    has_proj = w_hr is not None
+    config = config or plan(H, P, B, gates_x.dtype, D, _sm_count(device), has_proj)
+    y = kernel_output((D, rows, P), gates_x.dtype, device)
+    gates = kernel_output((D, rows, G), torch.float32, device)
+    cells = kernel_output((D, rows, H), torch.float32, device)
+    h_n = kernel_output((D, B, P), h0.dtype, device)
+    c_n = kernel_output((D, B, H), c0.dtype, device)
+    # The projection's input, a row per step (phase 2 of a step may still read it while phase 1
+    # of the next writes); in the storage dtype, the dot's operand dtype.
+    r = kernel_output((D, rows, H), gates_x.dtype, device) if has_proj else y
+    counters = arrival_counters(2 if has_proj else 1, T, D * config.grid[1], device)
+    stand_in = w_hh  # the pointer of a variant that is off (never read)
+    peephole, _, _, zoneout_c, zoneout_h = v.tensors(stand_in)
+    args = (gates_x, w_hh, w_hr if has_proj else w_hh, h0, c0, lengths, peephole, zoneout_c, zoneout_h,
+            y, gates, cells, r, h_n, c_n, counters, T, B)
+    constexprs = dict(
+        H=H, P=P, HAS_PROJ=has_proj, PEEPHOLE=v.peephole is not None, ZONEOUT_C=v.zoneout_c is not None,
+        ZONEOUT_H=v.zoneout_h is not None, CELL_CLIP=v.cell_clip is not None,
+        DOT_DTYPE=dot_dtype(gates_x.dtype), BLOCK_B=config.block_b, BLOCK_U=config.block_u,
+        BLOCK_Q=config.block_q, BLOCK_K=config.block_k, BLOCK_P=feature_block(P), BLOCK_H=feature_block(H),
+        WEIGHTS_ON_CHIP=config.weights_on_chip, num_warps=config.num_warps, num_stages=1,
+    )
+    kernel = lstm_cooperative_forward_kernel
+    if triton_interpreter_enabled():
+        for s in range(T):
+            for phase in (1, 2) if has_proj else (1,):
+                kernel[config.grid](*args, s, 1, int(reverse), v.cell_clip_value, **constexprs,
+                                    STEP_PER_LAUNCH=True, PHASE=phase)
+    else:
+        launch_resident(kernel, config.grid, device, *args, 0, T, int(reverse), v.cell_clip_value,
+                        **constexprs, STEP_PER_LAUNCH=False, PHASE=0)
+    return y, h_n, c_n, gates, cells
