@@ -17,12 +17,16 @@ from triton_support import (
     outputs_and_grads_on_device,
     run_kernel,
     run_op,
+    run_step_launchers,
     with_variants,
 )
 
 import torch_lstm_ext
 from torch_lstm_ext.config import BACKEND_ENV
+from torch_lstm_ext.triton_kernels import buffers, graph_replay, step_graphs
 from torch_lstm_ext.triton_kernels.dispatch import persistent_weight_bytes
+from torch_lstm_ext.triton_kernels.layout import Layout
+from torch_lstm_ext.triton_kernels.step_forward import step_forward
 
 pytestmark = [
     pytest.mark.cuda,
@@ -167,3 +171,80 @@ def test_checkpointed_module_matches_stored_path():
     x = _input(200, 8, 16, False, torch.float32)
     assert_same_results(outputs_and_grads_on_device(stored, x), outputs_and_grads_on_device(checkpointed, x),
                         torch.float32)
+
+
+# CUDA-graph replay of the per-step launchers (step_graphs.py): (H, proj, packed, reverse,
+# variants), the shapes of the eager kernel tests above so that their compiled kernels serve.
+GRAPH_CASES = {
+    "plain": (32, 0, False, False, False),
+    "plain-packed": (128, 0, True, False, False),
+    "proj-reverse": (96, 48, False, True, False),
+    "proj-packed-reverse": (32, 16, True, True, False),
+    "variants": (64, 0, True, True, True),
+    "variants-proj": (96, 48, True, True, True),
+}
+
+
+def _graph_case(T: int, dtype, H, proj, packed, reverse, variants, seed: int):
+    case = make_case(T=T, B=40, H=H, proj=proj, packed=packed, reverse=reverse, dtype=dtype, device="cuda",
+                     seed=seed)
+    if not variants:
+        return case
+    # Clips in fp32 only, as in test_variant_kernels_match_reference.
+    clips = dict(cell_clip=0.5, grad_clip=0.05) if dtype == torch.float32 else {}
+    return with_variants(case, peephole=True, layer_norm=True, zoneout="train", **clips, seed=seed + 3)
+
+
+def _assert_identical(got: tuple[tuple, tuple], want: tuple[tuple, tuple]) -> None:
+    """Bit for bit (the same kernels and configs), no NaN (every buffer starts poisoned)."""
+    for g, w in zip(got[0] + got[1], want[0] + want[1], strict=True):
+        assert (g is None) == (w is None)
+        if w is not None:
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.fixture
+def graph_cache(monkeypatch):
+    """An empty graph cache, poisoned buffers; the graphs dropped afterwards."""
+    monkeypatch.setattr(buffers, "POISON", True)
+    graph_replay.CACHE.clear()
+    yield graph_replay.CACHE
+    graph_replay.CACHE.clear()
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("shape", GRAPH_CASES.values(), ids=GRAPH_CASES.keys())
+def test_graph_replay_equals_the_eager_launches(shape, dtype, graph_cache):
+    first, second = (_graph_case(8, dtype, *shape, seed=seed) for seed in (0, 1))
+    other = _graph_case(5, dtype, *shape, seed=2)  # another layout
+    want_first = run_step_launchers(first, graphed=False)
+    eager_call = run_step_launchers(first, graphed=True)  # a key's first call runs eagerly
+    captured = run_step_launchers(first, graphed=True)  # its second call captures and replays
+    for _ in range(2):
+        want_other = run_step_launchers(other, graphed=False)
+        got_other = run_step_launchers(other, graphed=True)
+    # A replay on other values of the first shape: a stale static buffer would show here, and a
+    # result that aliased the graph's outputs would change under `captured`.
+    got_second = run_step_launchers(second, graphed=True)
+    want_second = run_step_launchers(second, graphed=False)
+    assert dict(graph_cache.stats) == {"eager": 4, "captures": 4, "hits": 2}
+    _assert_identical(eager_call, want_first)
+    _assert_identical(captured, want_first)
+    _assert_identical(got_other, want_other)
+    _assert_identical(got_second, want_second)
+    assert not torch.equal(want_second[0][0], want_first[0][0])
+
+
+def test_graphed_launches_inside_a_callers_capture_are_recorded_by_it(graph_cache):
+    """Under the caller's own capture nothing is captured twice: the launches run into it."""
+    case = _graph_case(8, torch.float32, *GRAPH_CASES["proj-packed-reverse"], seed=0)
+    gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse = case.forward
+    layout = Layout.of(batch_sizes, gates_x.shape[0], h0.shape[0], reverse)
+    want = step_forward(gates_x, w_hh, w_hr, h0, c0, layout)  # compiles outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = step_graphs.graphed_step_forward(gates_x, w_hh, w_hr, h0, c0, layout)
+    graph.replay()
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    assert not graph_cache.graphs and not graph_cache.stats

@@ -5,12 +5,14 @@ launches (and stale buffers never leak) needs a GPU: tests/test_cuda.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
 import torch
+from triton_support import make_case, run_step_launchers, with_variants
 
-from torch_lstm_ext.triton_kernels import buffers
+from torch_lstm_ext.triton_kernels import buffers, graph_replay
 from torch_lstm_ext.triton_kernels.graph_replay import GraphCache, graph_key, replay
 from torch_lstm_ext.triton_kernels.layout import Layout
 
@@ -92,44 +94,62 @@ def test_off_cuda_the_launcher_runs_eagerly_and_nothing_is_cached():
     assert not cache.graphs and not cache.stats
 
 
+class _FakeGraph:
+    """A CUDA graph's semantics on the CPU: replay reruns the captured launcher on the captured
+    inputs and writes into the captured outputs, in place."""
+
+    def __init__(self, launcher, inputs, outputs):
+        self.launcher, self.inputs, self.outputs = launcher, inputs, outputs
+
+    def replay(self):
+        for buffer, value in zip(self.outputs, self.launcher(*self.inputs), strict=True):
+            buffer.copy_(value)
+
+
+def _fake_capture(launcher, tensors):
+    inputs = tuple(t.clone() for t in tensors)
+    outputs = launcher(*inputs)
+    return graph_replay.Captured(_FakeGraph(launcher, inputs, outputs), inputs, outputs)
+
+
+def test_replay_refills_its_inputs_and_hands_out_clones(monkeypatch):
+    """With a fake graph: a later call's new values reach the graph, an earlier result is never
+    overwritten, and a tensor returned twice stays one tensor."""
+    monkeypatch.setattr(graph_replay, "_graphable", lambda tensors: True)
+    monkeypatch.setattr(graph_replay, "_capture", _fake_capture)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    cache = GraphCache(capture_after=2)
+    layout = Layout.of(None, T * B, B, False)
+
+    def launcher(a, b):
+        total = a + b
+        return total, total, a * b
+
+    def call(a, b):
+        return replay("toy", launcher, (a, b), layout, cache=cache)
+
+    a, b = torch.randn(3), torch.randn(3)
+    eager, captured = call(a, b), call(a, b)
+    a2, b2 = torch.randn(3), torch.randn(3)
+    later = call(a2, b2)
+    assert dict(cache.stats) == {"eager": 1, "captures": 1, "hits": 1}
+    for got, (x, y) in ((eager, (a, b)), (captured, (a, b)), (later, (a2, b2))):
+        assert torch.equal(got[0], x + y) and torch.equal(got[2], x * y) and got[0] is got[1]
+    entry = next(iter(cache.graphs.values()))
+    assert all(t is not s for t in later for s in entry.outputs)
+
+
 @pytest.mark.interpreter
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1 (make test-interpreter)")
 @pytest.mark.parametrize("proj,variants", [(0, False), (6, False), (6, True)], ids=["plain", "proj", "variants"])
 def test_graphed_launchers_take_and_return_what_the_eager_ones_do(proj, variants):
     """Under the interpreter the graphed functions fall through to the eager launchers: their
     argument plumbing (the variants' tensors and clips, variant_backward's step loop) is the same."""
-    from triton_support import make_case, with_variants
-
-    from torch_lstm_ext.triton_kernels import step_graphs
-    from torch_lstm_ext.triton_kernels.layout import device_index
-    from torch_lstm_ext.triton_kernels.step_backward import step_backward
-    from torch_lstm_ext.triton_kernels.step_forward import step_forward
-    from torch_lstm_ext.triton_kernels.variant_args import Variants
-    from torch_lstm_ext.triton_kernels.variant_backward import variant_backward
-    from torch_lstm_ext.triton_kernels.variant_step_forward import variant_step_forward
-
     case = make_case(T=4, B=3, H=16, proj=proj, packed=True, reverse=True, dtype=torch.float32)
     if variants:
         case = with_variants(case, peephole=True, layer_norm=True, zoneout="train", cell_clip=0.5, grad_clip=0.1)
-    gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse = case.forward
-    layout = Layout.of(batch_sizes, gates_x.shape[0], h0.shape[0], reverse)
-    grad_y, grad_hn, grad_cn = case.upstream
-    if variants:
-        v = Variants.of(*case.variants, case.grad_clip)
-        forward = variant_step_forward(gates_x, w_hh, w_hr, h0, c0, layout, v)
-        y, gates, cells = forward
-        h_prev = torch.cat((y, h0)).index_select(0, device_index(layout, "previous_rows", y.device))
-        backward_args = (grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, gates, cells, h_prev, layout, v)
-        pairs = [(forward, step_graphs.graphed_variant_step_forward(gates_x, w_hh, w_hr, h0, c0, layout, v)),
-                 (variant_backward(*backward_args), step_graphs.graphed_variant_backward(*backward_args))]
-    else:
-        forward = step_forward(gates_x, w_hh, w_hr, h0, c0, layout)
-        _, gates, cells = forward
-        backward_args = (grad_y, grad_hn, grad_cn, w_hh, w_hr, c0, gates, cells, layout)
-        pairs = [(forward, step_graphs.graphed_step_forward(gates_x, w_hh, w_hr, h0, c0, layout)),
-                 (step_backward(*backward_args), step_graphs.graphed_step_backward(*backward_args))]
-    for eager, graphed in pairs:
-        for want, got in zip(eager, graphed, strict=True):
-            assert (want is None) == (got is None)
-            if want is not None:
-                torch.testing.assert_close(got, want, rtol=0, atol=0)
+    eager, graphed = run_step_launchers(case, graphed=False), run_step_launchers(case, graphed=True)
+    for want, got in zip(eager[0] + eager[1], graphed[0] + graphed[1], strict=True):
+        assert (want is None) == (got is None)
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -14,6 +14,13 @@ from torch.nn.utils.rnn import pack_sequence
 
 from torch_lstm_ext import triton_kernels
 from torch_lstm_ext.config import BACKEND_ENV
+from torch_lstm_ext.triton_kernels import step_graphs
+from torch_lstm_ext.triton_kernels.layout import Layout, device_index
+from torch_lstm_ext.triton_kernels.step_backward import step_backward
+from torch_lstm_ext.triton_kernels.step_forward import step_forward
+from torch_lstm_ext.triton_kernels.variant_args import Variants
+from torch_lstm_ext.triton_kernels.variant_backward import variant_backward
+from torch_lstm_ext.triton_kernels.variant_step_forward import variant_step_forward
 
 FORWARD_NAMES = ("y", "h_n", "c_n", "gates", "cells")
 BACKWARD_NAMES = ("d_gates_x", "d_w_hh", "d_w_hr", "d_h0", "d_c0", "d_peephole", "d_ln_hh_weight", "d_ln_c")
@@ -167,3 +174,28 @@ def outputs_and_grads_on_device(module: torch.nn.Module, input, seed: int = 0):
     leaves["input"] = input.data if isinstance(input, torch.nn.utils.rnn.PackedSequence) else input
     grads = torch.autograd.grad(loss, list(leaves.values()))
     return out, h_n, c_n, dict(zip(leaves, grads, strict=True))
+
+
+def run_step_launchers(case: Case, graphed: bool) -> tuple[tuple, tuple]:
+    """(forward, backward) results of the per-step launchers on `case`'s rows: step_forward and
+    step_backward, or variant_step_forward and variant_backward when the case has variants; their
+    CUDA-graph twins (step_graphs.py) when `graphed`. The backward takes the forward's gates and
+    cells."""
+    gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse = case.forward
+    gates_x = gates_x.reshape(-1, gates_x.shape[-1])
+    grad_y, grad_hn, grad_cn = case.upstream
+    grad_y = grad_y.reshape(-1, grad_y.shape[-1])
+    layout = Layout.of(batch_sizes, gates_x.shape[0], h0.shape[0], reverse)
+    if case.variants == NO_VARIANTS:
+        forward = step_graphs.graphed_step_forward if graphed else step_forward
+        backward = step_graphs.graphed_step_backward if graphed else step_backward
+        forward_out = forward(gates_x, w_hh, w_hr, h0, c0, layout)
+        _, gates, cells = forward_out
+        return forward_out, backward(grad_y, grad_hn, grad_cn, w_hh, w_hr, c0, gates, cells, layout)
+    v = Variants.of(*case.variants, case.grad_clip)
+    forward = step_graphs.graphed_variant_step_forward if graphed else variant_step_forward
+    backward = step_graphs.graphed_variant_backward if graphed else variant_backward
+    forward_out = forward(gates_x, w_hh, w_hr, h0, c0, layout, v)
+    y, gates, cells = forward_out
+    h_prev = torch.cat((y, h0)).index_select(0, device_index(layout, "previous_rows", y.device))
+    return forward_out, backward(grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, gates, cells, h_prev, layout, v)
