@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,19 +48,42 @@ def test_profile_user_model_after_replace_lstm(tmp_path):
     assert "lstm_ext::recurrence" in (tmp_path / "prof" / "key_averages.txt").read_text()
 
 
-def test_gpu_benchmarks_dry_run_on_cpu(tmp_path):
-    """The GPU scripts run only where a GPU is lent; their --dry-run keeps the code paths alive."""
-    for script, name in (("gpu_bench.py", "gpu_bench_dry_run.json"),
-                         ("gpu_bench_variants.py", "gpu_bench_variants_dry_run.json")):
-        result = _run([str(SCRIPTS / script), "--dry-run", "--out", str(tmp_path)], tmp_path)
-        assert result.returncode == 0, result.stderr
-        data = json.loads((tmp_path / name).read_text())
-        assert data, script
+def _gpu_check(tmp_path: Path, python: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DRY_RUN="1", OUT=str(tmp_path), PYTHON=python)
+    return subprocess.run(["bash", str(SCRIPTS / "gpu_check.sh")], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path):
+    """The GPU scripts run only where a GPU is lent; gpu_check.sh's DRY_RUN=1 runs its stages'
+    CPU forms (CUDA tests skipped, the benchmarks' --dry-run) and keeps those code paths alive."""
+    result = _gpu_check(tmp_path, sys.executable)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "gpu_check: PASSED" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cuda_tests.xml", "gpu_bench_dry_run.json", "gpu_bench_dry_run.md", "gpu_bench_variants_dry_run.json",
+        "gpu_check.log"]
+    bench = json.loads((tmp_path / "gpu_bench_dry_run.json").read_text())
+    assert {"date", "torch", "triton", "cuda"} <= set(bench["environment"])
+    cases = {(r["case"], r["dtype"]) for r in bench["results"]}
+    assert cases == {("T6 B3 H16", "fp32"), ("T6 B3 H16", "bf16"), ("T6 B3 H16 2L-bidir", "fp32"),
+                     ("T6 B3 H16 packed", "fp32")}
+    assert {(r["pass"], r["impl"]) for r in bench["results"]} == {
+        (p, i) for p in ("inference", "training") for i in ("cudnn", "ours")}
+    assert all(r["ms"] > 0 and r["rounds"] >= 3 for r in bench["results"])
+    assert all(r["max_rel_diff"] < 1e-2 for r in bench["results"] if r["pass"] == "inference")
+    table = (tmp_path / "gpu_bench_dry_run.md").read_text().splitlines()
+    assert table[0].startswith("| case | dtype | cuDNN persistent |") and len(table) == 2 + len(cases)
     variants = json.loads((tmp_path / "gpu_bench_variants_dry_run.json").read_text())
     assert [row["variant"] for row in variants["variants"]] == ["peephole", "layer_norm", "zoneout", "all"]
     assert all(row["ours_error"] <= 2 * row["loop_error"] + 1e-5 for row in variants["variants"])
     assert all(row["loop_error"] < 1e-5 for row in variants["variants"])  # same masks for all three
     assert [row["layers"] for row in variants["checkpoint"]] == [1, 2]
+
+
+def test_gpu_check_fails_when_a_stage_fails(tmp_path):
+    result = _gpu_check(tmp_path, "false")
+    assert result.returncode != 0 and "gpu_check: FAILED" in result.stdout
 
 
 def test_checkpoint_sweep_runs_and_reports(tmp_path):
