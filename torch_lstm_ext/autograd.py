@@ -67,9 +67,15 @@ def _differentiable_backward(ctx, inputs: tuple, grads: tuple[Tensor, ...]) -> t
     ]
     with torch.enable_grad():
         outputs = lstm_recurrence(*inputs)
-        found = torch.autograd.grad(
-            outputs, [inputs[i] for i in wanted], grads, create_graph=True, allow_unused=True
-        )
+        # An output outside the graph passes no gradient on: an empty batch takes no steps and
+        # returns its h0 / c0 as they came.
+        live = [(out, grad) for out, grad in zip(outputs, grads) if out.requires_grad]
+        found = [None] * len(wanted)
+        if live:
+            found = torch.autograd.grad(
+                [out for out, _ in live], [inputs[i] for i in wanted], [grad for _, grad in live],
+                create_graph=True, allow_unused=True,
+            )
     result: list[Tensor | None] = [None] * len(inputs)
     for i, g in zip(wanted, found):
         result[i] = g if g is not None else torch.zeros_like(inputs[i])

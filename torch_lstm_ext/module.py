@@ -13,12 +13,13 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
 from torch_lstm_ext import functional
 from torch_lstm_ext.autograd import lstm_layer
 from torch_lstm_ext.projection import LayerWeights
-from torch_lstm_ext.validation import check_lstm_config, check_lstm_forward_args
+from torch_lstm_ext.validation import check_lstm_config, check_lstm_forward_args, lstm_hidden_states
 from torch_lstm_ext.variants import VariantConfig, variant_parameter_shapes
 
 
@@ -137,6 +138,33 @@ class LSTM(nn.Module):
     def all_weights(self) -> list[list[nn.Parameter]]:
         return [[getattr(self, name) for name in names] for names in self._all_weights]
 
+    @property
+    def _flat_weights(self) -> list[Tensor | None]:
+        """nn.LSTM's private list of the current weights in `_flat_weights_names` order (None for
+        a missing one), which third-party code reads: weight-drop wrappers, the weight-norm and
+        pruning tests. Read by name on each access, so it follows reassigned Parameters,
+        weight_norm, pruning, parametrizations and .to() with no cache to refresh (nn.LSTM
+        refreshes its cache at the next forward)."""
+        return [getattr(self, name, None) for name in self._flat_weights_names]
+
+    @_flat_weights.setter
+    def _flat_weights(self, weights: list[Tensor | None]) -> None:
+        # Weight-drop wrappers swap a weight attribute, then rebuild nn.LSTM's cache with
+        # `lstm._flat_weights = [getattr(lstm, n) for n in lstm._flat_weights_names]`. We read
+        # weights by name, so such a list is accepted as is; one naming other tensors than the
+        # attributes (which nn.LSTM would compute with) is refused rather than ignored. A
+        # parametrized weight is a fresh tensor on every read, and nn.LSTM recomputes it at
+        # every forward too, so its entry is not compared.
+        current = self._flat_weights
+        if len(weights) != len(current) or any(
+            new is not old and not parametrize.is_parametrized(self, name)
+            for name, new, old in zip(self._flat_weights_names, weights, current)
+        ):
+            raise ValueError(
+                "LSTM reads its weights by name: assign the weight attributes (e.g. "
+                "setattr(lstm, 'weight_hh_l0', w)) instead of _flat_weights entries that differ from them"
+            )
+
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
         if self.proj_size != 0:
@@ -185,6 +213,7 @@ class LSTM(nn.Module):
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
             batch = int(batch_sizes[0])
+            is_batched = True
         else:
             if input.dim() not in (2, 3):
                 raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
@@ -201,16 +230,8 @@ class LSTM(nn.Module):
             h0 = torch.zeros(*shape, out_size, dtype=data.dtype, device=data.device)
             c0 = torch.zeros(*shape, self.hidden_size, dtype=data.dtype, device=data.device)
         else:
-            if not packed:
-                expected = 3 if is_batched else 2
-                if hx[0].dim() != expected or hx[1].dim() != expected:
-                    kind = "batched 3-D" if is_batched else "unbatched 2-D"
-                    raise RuntimeError(
-                        f"For {kind} input, hx and cx should also be {expected}-D but got "
-                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
-                    )
-            h0, c0 = hx
-            if not packed and not is_batched:
+            h0, c0 = lstm_hidden_states(hx, packed, is_batched)
+            if not is_batched:
                 h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
         check_lstm_forward_args(self, data, h0, c0, batch, packed)
         if sorted_indices is not None:

@@ -38,8 +38,9 @@ def walk(packed_sizes: tuple[int, ...] | None, num_rows: int, batch: int, revers
     packed_sizes: the PackedSequence's batch sizes, or None for num_rows // batch full steps.
     """
     if packed_sizes is None:
+        # An empty batch has no rows to step through: zero steps give its (empty) results.
         steps = num_rows // batch if batch else 0
-        sizes, offsets = [batch] * steps, list(range(0, steps * batch, batch))
+        sizes, offsets = [batch] * steps, [t * batch for t in range(steps)]
     else:
         sizes = list(packed_sizes)
         offsets = [0, *itertools.accumulate(sizes[:-1])] if sizes else []

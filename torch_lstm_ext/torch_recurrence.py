@@ -88,5 +88,6 @@ def lstm_recurrence(
         outputs[step.t] = h_new
         h = torch.cat((h_new, h[n:]))
         c = torch.cat((c_new, c[n:]))
-    y = torch.cat([outputs[t] for t in sorted(outputs)])
+    # An empty batch takes no steps (schedule.walk), and its output has no rows.
+    y = torch.cat([outputs[t] for t in sorted(outputs)]) if outputs else flat.new_zeros(0, h0.shape[-1])
     return y.reshape(*gates_x.shape[:-1], y.shape[-1]), h, c

@@ -45,6 +45,42 @@ def check_lstm_config(
         raise ValueError("proj_size has to be smaller than hidden_size")
 
 
+def two_states(hx, op: str) -> tuple[Tensor, Tensor]:
+    """(h, c) from hx, checked as torch's `op` kernel ('lstm' or 'lstm_cell') checks it: a tuple or
+    list of tensors (TypeError) holding exactly two (RuntimeError)."""
+    if not isinstance(hx, (tuple, list)) or not all(isinstance(t, Tensor) for t in hx):
+        raise TypeError(f"{op}(): argument 'hx' must be a tuple of Tensors, not {type(hx).__name__}")
+    if len(hx) != 2:
+        raise RuntimeError(f"{op} expects two hidden states")
+    return hx[0], hx[1]
+
+
+def lstm_hidden_states(hx, packed: bool, batched: bool) -> tuple[Tensor, Tensor]:
+    """(h0, c0) from LSTM.forward's hx, with nn.LSTM's checks and exception types.
+
+    For unpacked input nn.LSTM reads hx[0] and hx[1] first (IndexError when there are fewer)
+    and checks their dims (RuntimeError); its kernel then wants a tuple of exactly two tensors.
+    We hold every input kind to that, where nn.LSTM's unbatched and unsorted packed paths
+    rebuild hx from hx[0] and hx[1] and silently drop anything after them.
+    """
+    if packed:
+        h0, c0 = two_states(hx, "lstm")
+        if h0.dim() != 3 or c0.dim() != 3:
+            # nn.LSTM checks a packed input's states only in its kernel, which reads size(2).
+            raise IndexError(
+                f"For packed input, hx and cx should be 3-D but got ({h0.dim()}-D, {c0.dim()}-D) tensors"
+            )
+        return h0, c0
+    expected = 3 if batched else 2
+    if hx[0].dim() != expected or hx[1].dim() != expected:
+        kind = "batched 3-D" if batched else "unbatched 2-D"
+        raise RuntimeError(
+            f"For {kind} input, hx and cx should also be {expected}-D but got "
+            f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+        )
+    return two_states(hx, "lstm")
+
+
 def check_lstm_forward_args(
     lstm, data: Tensor, h0: Tensor, c0: Tensor, batch: int, packed: bool
 ) -> None:
@@ -73,6 +109,8 @@ def check_lstm_forward_args(
         raise RuntimeError(f"Expected hidden[0] size {expected_h}, got {list(h0.shape)}")
     if tuple(c0.shape) != expected_c:
         raise RuntimeError(f"Expected hidden[1] size {expected_c}, got {list(c0.shape)}")
+    if not packed and data.size(0) == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
     for name, state in (("hx", h0), ("cx", c0)):
         if state.dtype != data.dtype:
             raise RuntimeError(
