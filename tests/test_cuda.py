@@ -1,6 +1,7 @@
 """The Triton backend on a CUDA GPU: against the NumPy reference, against torch.nn.LSTM (cuDNN,
-TF32 off) and under torch.compile(fullgraph=True). Skipped without CUDA; scripts/gpu_check.sh
-runs it on a GPU machine.
+TF32 off) and under torch.compile(fullgraph=True); the per-step launchers replayed from CUDA
+graphs against their eager launches. Skipped without CUDA; scripts/gpu_check.sh runs it on a GPU
+machine.
 """
 
 from __future__ import annotations

@@ -26,8 +26,9 @@ next replay of that key overwrites (autograd keeps a forward's outputs until the
 graphed call costs the replay plus one device copy of each input and output.
 
 Memory: at most MAX_GRAPHS graphs are kept, the least recently used evicted; each holds a copy of
-its inputs and its outputs and scratch (about one eager call's inputs + outputs). CACHE.clear()
-drops them all. More live keys than MAX_GRAPHS in turn means a capture on (nearly) every call.
+its inputs and its outputs and scratch, about one eager call's inputs + outputs (1.3 GiB at T512
+B64 H1024 fp32). CACHE.max_graphs changes the bound, CACHE.clear() drops them all. More keys in
+turn than MAX_GRAPHS means a capture on (nearly) every call.
 
 Where no graph can run, the launcher runs eagerly: on tensors off CUDA (the CPU, Triton's
 interpreter), and while the current stream is capturing (the caller's own graph then records
