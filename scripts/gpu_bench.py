@@ -17,10 +17,12 @@ from cuDNN's output, relative to cuDNN's largest magnitude.
 
 --time-budget skips the cases whose estimate (gpu_bench_cases.estimate_seconds) exceeds the time
 left; the JSON and Markdown are rewritten after every case, so a run stopped from outside keeps
-what it measured.
+what it measured. The estimate of the whole run is printed first: --grid quick about 80 s (today's
+kernels; about 95 s once step_graph and cooperative run too), --grid full about 570 s (760 s),
+more than one 8-minute device call: split it with --dtypes, a third of it per call.
 
-    python scripts/gpu_bench.py --grid quick --time-budget 110 --out DIR   # gpu_check.sh
-    python scripts/gpu_bench.py --grid full --out DIR                      # the whole grid
+    python scripts/gpu_bench.py --grid quick --time-budget 105 --out DIR   # gpu_check.sh
+    python scripts/gpu_bench.py --grid full --dtypes bf16 --out DIR        # a third of the grid
     python scripts/gpu_bench.py --dry-run                                   # tiny cases on the CPU
 """
 
@@ -214,6 +216,8 @@ def main() -> None:
                         help="seconds for the whole run (0: no limit)")
     parser.add_argument("--kernels", default=",".join(FORCED_KERNELS),
                         help="kernels to force, comma-separated")
+    parser.add_argument("--dtypes", default=",".join(DTYPES),
+                        help="the grid's cases in these dtypes only, comma-separated (to split a run)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     device = torch.device("cpu" if args.dry_run else "cuda")
@@ -221,7 +225,7 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = False
     if args.dry_run:
         args.grid, args.rounds, args.pass_seconds = "dry", 3, 0.1
-    cases = GRIDS[args.grid].cases()
+    cases = [case for case in GRIDS[args.grid].cases() if case.dtype in args.dtypes.split(",")]
     stem = "gpu_bench_dry_run" if args.dry_run else "gpu_bench"
 
     notes: list[str] = []
