@@ -103,11 +103,12 @@ class _FakeGraph:
 
     def replay(self):
         for buffer, value in zip(self.outputs, self.launcher(*self.inputs), strict=True):
-            buffer.copy_(value)
+            if buffer is not None:
+                buffer.copy_(value)
 
 
 def _fake_capture(launcher, tensors):
-    inputs = tuple(t.clone() for t in tensors)
+    inputs = tuple(None if t is None else t.clone() for t in tensors)
     outputs = launcher(*inputs)
     return graph_replay.Captured(_FakeGraph(launcher, inputs, outputs), inputs, outputs)
 
