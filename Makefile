@@ -9,7 +9,7 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC ?= $(if $(HAS_GPU),torch,torch==2.13.0)
 TRITON_SPEC ?= triton==3.6.0
 
-.PHONY: venv demo test test-cpu test-interpreter bench profile lint clean
+.PHONY: venv demo test test-cpu test-interpreter fuzz bench profile lint clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,17 @@ test-cpu: $(STAMP)
 
 test-interpreter: $(STAMP)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m interpreter
+
+# The differential fuzz against nn.LSTM (tests/test_fuzz.py), long: FUZZ_EXAMPLES examples drawn
+# from FUZZ_SEED (a fresh random seed unless given; printed before and after the run). The same
+# FUZZ_SEED and FUZZ_EXAMPLES run the same examples, so `make fuzz FUZZ_SEED=... FUZZ_EXAMPLES=...`
+# reproduces a failure. make test runs the same test derandomized (tests/conftest.py, profile "ci").
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP)
+	@seed=$(or $(FUZZ_SEED),$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')); \
+	echo "make fuzz: FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$$seed"; \
+	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/test_fuzz.py \
+		--hypothesis-seed=$$seed --hypothesis-show-statistics
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py --quick
