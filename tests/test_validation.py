@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -23,6 +24,17 @@ BAD_CONFIGS = {
     "hidden_size='4'": dict(input_size=3, hidden_size="4"),
     "bias=1": dict(input_size=3, hidden_size=4, bias=1),
     "batch_first=None": dict(input_size=3, hidden_size=4, batch_first=None),
+    "input_size=0": dict(input_size=0, hidden_size=4),
+    "input_size=np.int64": dict(input_size=np.int64(3), hidden_size=4),
+    "num_layers=-1": dict(input_size=3, hidden_size=4, num_layers=-1),
+    "num_layers=1.0": dict(input_size=3, hidden_size=4, num_layers=1.0),
+    "num_layers='1'": dict(input_size=3, hidden_size=4, num_layers="1"),
+    "proj_size=1.0": dict(input_size=3, hidden_size=4, proj_size=1.0),
+    "proj_size=True": dict(input_size=3, hidden_size=4, proj_size=True),
+    "dropout=None": dict(input_size=3, hidden_size=4, dropout=None),
+    "dropout='x'": dict(input_size=3, hidden_size=4, dropout="x"),
+    "dropout=nan": dict(input_size=3, hidden_size=4, dropout=float("nan")),
+    "bias=0": dict(input_size=3, hidden_size=4, bias=0),
 }
 
 
@@ -125,6 +137,22 @@ CELL_BAD = {
     "c wrong hidden": lambda: (torch.randn(2, 3), (torch.randn(2, 4), torch.randn(2, 5))),
     "3-D hx": lambda: (torch.randn(2, 3), (torch.randn(1, 2, 4), torch.randn(1, 2, 4))),
 }
+
+
+CELL_BAD_CONFIGS = {
+    "input_size=-1": dict(input_size=-1, hidden_size=4),
+    "hidden_size=-1": dict(input_size=3, hidden_size=-1),
+    "input_size=3.0": dict(input_size=3.0, hidden_size=4),
+    "hidden_size='4'": dict(input_size=3, hidden_size="4"),
+}
+
+
+@pytest.mark.parametrize("kwargs", CELL_BAD_CONFIGS.values(), ids=CELL_BAD_CONFIGS.keys())
+def test_cell_bad_constructor_arguments(kwargs):
+    expected = raised(lambda: nn.LSTMCell(**kwargs))
+    actual = raised(lambda: torch_lstm_ext.LSTMCell(**kwargs))
+    assert type(actual) is type(expected)
+    assert str(actual) == str(expected)
 
 
 @pytest.mark.parametrize("name", list(CELL_BAD))

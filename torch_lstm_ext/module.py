@@ -19,7 +19,13 @@ from torch.nn.utils.rnn import PackedSequence
 from torch_lstm_ext import functional
 from torch_lstm_ext.autograd import lstm_layer
 from torch_lstm_ext.projection import LayerWeights
-from torch_lstm_ext.validation import check_lstm_config, check_lstm_forward_args, lstm_hidden_states
+from torch_lstm_ext.validation import (
+    check_cell_forward_args,
+    check_lstm_config,
+    check_lstm_forward_args,
+    lstm_hidden_states,
+    two_states,
+)
 from torch_lstm_ext.variants import VariantConfig, variant_parameter_shapes
 
 
@@ -303,7 +309,8 @@ class LSTMCell(nn.Module):
         return module
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)
+        # nn.LSTMCell takes hidden_size=0 (its weights are empty then).
+        bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
         for weight in self.parameters():
             nn.init.uniform_(weight, -bound, bound)
 
@@ -328,11 +335,13 @@ class LSTMCell(nn.Module):
         if hx is None:
             zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
             h, c = zeros, zeros
+        elif is_batched:
+            h, c = two_states(hx, "lstm_cell")
         else:
-            h, c = hx
-            if not is_batched:
-                h, c = h.unsqueeze(0), c.unsqueeze(0)
-        _check_cell_args(self, input, h, c)
+            # nn.LSTMCell reads hx[0] and hx[1] first here: IndexError when there are fewer.
+            h, c = hx[0].unsqueeze(0), hx[1].unsqueeze(0)
+            two_states(hx, "lstm_cell")
+        check_cell_forward_args(self, input, h, c)
         bias = None if self.bias_ih is None else self.bias_ih + self.bias_hh
         gates_x = F.linear(input, self.weight_ih, bias).unsqueeze(0)
         _, h_new, c_new = lstm_layer(gates_x, self.weight_hh, None, h, c)
@@ -340,24 +349,3 @@ class LSTMCell(nn.Module):
             return h_new.squeeze(0), c_new.squeeze(0)
         return h_new, c_new
 
-
-def _check_cell_args(cell: LSTMCell, input: Tensor, h: Tensor, c: Tensor) -> None:
-    """The checks nn.LSTMCell's kernel makes, with its exception type (RuntimeError)."""
-    if input.size(1) != cell.input_size:
-        raise RuntimeError(
-            f"input has inconsistent input_size: got {input.size(1)} expected {cell.input_size}"
-        )
-    for idx, state in enumerate((h, c)):
-        if state.size(0) != input.size(0):
-            raise RuntimeError(
-                f"Input batch size {input.size(0)} doesn't match hidden{idx} batch size {state.size(0)}"
-            )
-        if state.size(1) != cell.hidden_size:
-            raise RuntimeError(
-                f"hidden{idx} has inconsistent hidden_size: got {state.size(1)}, expected {cell.hidden_size}"
-            )
-    for t in (input, h, c):
-        if t.dtype != cell.weight_ih.dtype:
-            raise RuntimeError(
-                f"expected scalar type {cell.weight_ih.dtype} but found {t.dtype}"
-            )

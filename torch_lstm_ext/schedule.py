@@ -61,7 +61,8 @@ def walk_batch_sizes(batch_sizes, num_rows: int, batch: int, reverse: bool) -> W
 
 def as_rows(t):
     """A time-major [T, B, F] or packed [N, F] tensor (or array) as its rows [N, F], a view."""
-    return t.reshape(-1, t.shape[-1])
+    # N spelled out: reshape(-1, 0) is ambiguous, and F is 0 in an LSTMCell(hidden_size=0).
+    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
 
 
 def step_rows(w: Walk, step: Step) -> slice:

@@ -1,4 +1,5 @@
-"""Argument checks of LSTM, with torch.nn.LSTM's exception types and messages."""
+"""Argument checks of LSTM and LSTMCell, with torch.nn.LSTM's / nn.LSTMCell's exception types and
+messages."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ def check_lstm_config(
     input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size
 ) -> None:
     """The constructor checks of nn.LSTM (TypeError for wrong types, ValueError for values)."""
+    float(dropout)  # nn.LSTM converts it first: TypeError for None, ValueError for "x"
     if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
         raise ValueError(
             "dropout should be a number in range [0, 1] representing the probability of an "
@@ -90,7 +92,8 @@ def check_lstm_forward_args(
     """
     weight_dtype = lstm.weight_ih_l0.dtype
     if data.dtype != weight_dtype and not torch.is_autocast_enabled(data.device.type):
-        raise ValueError(
+        # nn.LSTM checks a packed input's dtype only in its kernel, which raises RuntimeError.
+        raise (RuntimeError if packed else ValueError)(
             f"RNN input dtype ({data.dtype}) does not match weight dtype ({weight_dtype}). "
             f"Convert input: input.to({weight_dtype}), or convert model: model.to({data.dtype})"
         )
@@ -120,4 +123,37 @@ def check_lstm_forward_args(
             raise RuntimeError(
                 f"Expected {name} to be on the same device as input ({data.device}), "
                 f"got {state.device}"
+            )
+    # nn.LSTM's constructor takes these as given; its kernel's argument parser refuses them.
+    if not isinstance(lstm.bidirectional, bool):
+        raise TypeError(f"bidirectional should be of type bool, got: {type(lstm.bidirectional).__name__}")
+    if isinstance(lstm.num_layers, bool):
+        raise TypeError("num_layers should be of type int, got: bool")
+
+
+def check_cell_forward_args(cell, input: Tensor, h: Tensor, c: Tensor) -> None:
+    """The checks nn.LSTMCell's kernel makes, with its exception type (RuntimeError).
+
+    input [B, I]; h, c [B, H].
+    """
+    if input.size(1) != cell.input_size:
+        raise RuntimeError(
+            f"input has inconsistent input_size: got {input.size(1)} expected {cell.input_size}"
+        )
+    for idx, state in enumerate((h, c)):
+        if state.size(0) != input.size(0):
+            raise RuntimeError(
+                f"Input batch size {input.size(0)} doesn't match hidden{idx} batch size {state.size(0)}"
+            )
+        if state.size(1) != cell.hidden_size:
+            raise RuntimeError(
+                f"hidden{idx} has inconsistent hidden_size: got {state.size(1)}, expected {cell.hidden_size}"
+            )
+    for t in (input, h, c):
+        if t.dtype != cell.weight_ih.dtype:
+            raise RuntimeError(f"expected scalar type {cell.weight_ih.dtype} but found {t.dtype}")
+        if t.device != cell.weight_ih.device:
+            raise RuntimeError(
+                f"Expected all tensors to be on the same device as the weights ({cell.weight_ih.device}), "
+                f"got {t.device}"
             )
