@@ -51,8 +51,9 @@ class Sm90Build(NamedTuple):
 
 
 def compile_for_sm90(kernel, dtype: torch.dtype, constexprs: dict, num_warps: int, num_stages: int,
-                     pointer_types: dict[str, str] | None = None) -> Sm90Build:
-    """Compile `kernel` (JITFunction or Autotuner) for sm_90a with storage `dtype` pointers.
+                     pointer_types: dict[str, str] | None = None, maxnreg: int | None = None) -> Sm90Build:
+    """Compile `kernel` (JITFunction or Autotuner) for sm_90a with storage `dtype` pointers;
+    maxnreg: the launch option of that name (a per-thread register cap for ptxas), if set.
 
     Pointer arguments are `*<storage>` unless named in FP32_POINTERS / INT32_POINTERS or in
     `pointer_types` (name -> Triton type string, e.g. "*fp32"); other non-constexpr arguments
@@ -77,7 +78,8 @@ def compile_for_sm90(kernel, dtype: torch.dtype, constexprs: dict, num_warps: in
     compiled = triton.compile(
         ASTSource(fn, signature, constexprs=constexprs),
         target=GPUTarget("cuda", 90, 32),
-        options={"num_warps": num_warps, "num_stages": num_stages},
+        options={"num_warps": num_warps, "num_stages": num_stages,
+                 **({} if maxnreg is None else {"maxnreg": maxnreg})},
     )
     ptx = Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / f"{fn.__name__}_{os.getpid()}.ptx"
     ptx.write_text(compiled.asm["ptx"])

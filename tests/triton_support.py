@@ -116,6 +116,14 @@ def run_op(case: Case, backend: str, monkeypatch: pytest.MonkeyPatch) -> tuple[t
     return tuple(forward_out), tuple(backward_out)
 
 
+def run_backward(case: Case, forward_out: tuple, backend: str, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """lstm_bwd's outputs through the ops with `backend`, from lstm_fwd's outputs `forward_out`
+    (e.g. a kernel's: the backward then checks that they are what it consumes)."""
+    with monkeypatch.context() as m:
+        m.setenv(BACKEND_ENV, backend)
+        return tuple(torch.ops.torch_lstm_ext.lstm_bwd(*_backward_args(case, forward_out)))
+
+
 def run_kernel(case: Case, kernel: str) -> tuple[tuple, tuple]:
     """The same through triton_kernels with the kernel forced ('step' or 'persistent')."""
     forward_out = triton_kernels.lstm_forward(*case.forward, *case.variants, kernel=kernel)

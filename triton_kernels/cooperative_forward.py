@@ -143,6 +143,7 @@ def lstm_cooperative_forward_kernel(
     PROJECTS: tl.constexpr = HAS_PROJ and PHASE != 1
     # Whether this launch finishes h: in the gate phase without a projection, else in phase 2.
     FINISHES_H: tl.constexpr = PROJECTS or (GATES and not HAS_PROJ)
+    Q_PROGRAMS: tl.constexpr = (P + BLOCK_Q - 1) // BLOCK_Q
     u = tl.program_id(0)
     d = tl.program_id(2)
     programs = tl.num_programs(0)
@@ -207,7 +208,10 @@ def lstm_cooperative_forward_kernel(
             if not STEP_PER_LAUNCH:
                 if s > 0:
                     # The previous step's last phase: its h is complete.
-                    wait_for(counters_ptr + (HAS_PROJ * T + s - 1) * tiles + tile, programs)
+                    if HAS_PROJ:
+                        wait_for(counters_ptr + (T + s - 1) * tiles + tile, Q_PROGRAMS)
+                    else:
+                        wait_for(counters_ptr + (s - 1) * tiles + tile, programs)
             h_base = tl.where(s > 0, y_ptr + prev_rows * P, h0_ptr + state_rows * P)
             acc = _times_w_t(h_base, row_ok, w_gates, gate_rows, gate_ok,
                              tl.zeros((BLOCK_B, 4 * BLOCK_U), dtype=tl.float32), P, DOT_DTYPE,
@@ -246,7 +250,9 @@ def lstm_cooperative_forward_kernel(
                          mask=out_mask)
             if not STEP_PER_LAUNCH:
                 arrive(counters_ptr + s * tiles + tile)
-        if PROJECTS:
+        # Only the programs with output columns take part in phase 2 (the rest go on to wait
+        # for its end at the next step).
+        if PROJECTS and u < Q_PROGRAMS:
             if not STEP_PER_LAUNCH:
                 wait_for(counters_ptr + s * tiles + tile, programs)
             h_new = _times_w_t(r_ptr + now_rows * H, row_ok, w_out, outs, out_ok,
@@ -271,72 +277,145 @@ def lstm_cooperative_forward_kernel(
 
 
 class ForwardPlan(NamedTuple):
-    """Launch configuration of lstm_cooperative_forward_kernel (see `plan`)."""
+    """Launch configuration of lstm_cooperative_forward_kernel: the kernel's tile constexprs,
+    its warps and the grid (unit blocks, batch tiles, directions)."""
 
     block_u: int
     block_b: int
     block_q: int
-    block_k: int
     num_warps: int
     weights_on_chip: bool
     grid: tuple[int, int, int]
 
 
-MIN_BLOCK_U = 8
-MAX_BLOCK_B = 64
+# 8 warps: at 4 the on-chip slices spill (H = 1024, BLOCK_U = 8, fp16: 36 bytes).
+NUM_WARPS = 8
 BLOCK_K = 32
+# tl.dot's minimum M; the on-chip dots spill at 64 rows (the h tile [BLOCK_B, P] is a dot
+# operand too: H = P = 256, BLOCK_U = 8, fp16 spills 176 bytes).
+ON_CHIP_BLOCK_B = 16
+STREAMED_MAX_BLOCK_B = 64
+# BLOCK_U >= 8 keeps the fused dot's N = 4 * BLOCK_U >= 32 (a warp per 8 columns); at 32 the
+# streamed kernel spills with 64-row tiles (H = 1024: 20 bytes).
+MIN_BLOCK_U = 8
+MAX_BLOCK_U = 16
+# On-chip weight bytes of one program (W_hh's 4 * BLOCK_U rows and W_hr's BLOCK_Q rows, padded
+# to powers of two) up to which the slices stay on chip without spills (numbers in `plan`).
+ON_CHIP_BYTES = {torch.float32: 128 * 1024, torch.float16: 96 * 1024, torch.bfloat16: 96 * 1024}
+# One program per SM is all a grid of at most sm_count programs needs, so ptxas may take every
+# register: left alone, it caps some of these kernels at 128 per thread and spills (fp32
+# H = 1024, P = 512, streamed, BLOCK_U 16: 8 bytes; with the cap at 255: 188 registers, none).
+MAX_REGISTERS = 255
 
 
-def plan(H: int, P: int, B: int, dtype: torch.dtype, directions: int, sm_count: int,
-         has_proj: bool) -> ForwardPlan | None:
-    """The launch configuration for hidden size H, output size P, batch B, storage dtype, 1 or 2
-    directions, on a GPU with sm_count SMs; None when no grid of at most sm_count programs
-    covers the shape (the programs must all be resident at once)."""
-    block_b = min(MAX_BLOCK_B, max(16, triton.next_power_of_2(B)))
+def _grid_plan(H: int, P: int, B: int, block_b: int, directions: int, sm_count: int,
+               has_proj: bool, on_chip: bool) -> ForwardPlan | None:
+    """The smallest BLOCK_U in [MIN_BLOCK_U, MAX_BLOCK_U] whose grid has at most sm_count programs."""
     batch_tiles = triton.cdiv(B, block_b)
     block_u = max(MIN_BLOCK_U, triton.next_power_of_2(triton.cdiv(H * batch_tiles * directions, sm_count)))
-    grid = (triton.cdiv(H, block_u), batch_tiles, directions)
-    if grid[0] * batch_tiles * directions > sm_count:
+    if block_u > MAX_BLOCK_U:
         return None
-    block_q = max(16, triton.next_power_of_2(triton.cdiv(P, grid[0]))) if has_proj else block_u
-    return ForwardPlan(block_u, block_b, block_q, BLOCK_K, 4, False, grid)
+    unit_blocks = triton.cdiv(H, block_u)
+    # Phase 2's P columns over the unit blocks, at least tl.dot's minimum N of 16 per program.
+    block_q = max(16, triton.next_power_of_2(triton.cdiv(P, unit_blocks))) if has_proj else block_u
+    return ForwardPlan(block_u, block_b, block_q, NUM_WARPS, on_chip, (unit_blocks, batch_tiles, directions))
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return INTERPRETER_SMS
+def on_chip_bytes(config: ForwardPlan, H: int, P: int, dtype: torch.dtype, has_proj: bool) -> int:
+    """Bytes of the weight slices one program of `config` holds on chip."""
+    rows = 4 * config.block_u * feature_block(P) + (config.block_q * feature_block(H) if has_proj else 0)
+    return rows * dtype.itemsize
+
+
+def plan(H: int, P: int, B: int, dtype: torch.dtype, directions: int, sm_count: int) -> ForwardPlan | None:
+    """The launch configuration for hidden size H, output size P (a projection exactly when
+    P != H: nn.LSTM's proj_size < hidden_size), batch B, storage dtype, 1 or 2 directions, on a
+    GPU with sm_count SMs; None when no grid of at most sm_count programs fits (all must be
+    resident at once; one program per SM always is, see below).
+
+    The rule: the weights on chip, in 16-row batch tiles, when such a grid fits and one program's
+    slices take at most ON_CHIP_BYTES; otherwise streamed from L2 in batch tiles of up to 64 rows
+    (fewer tiles: each tile's programs read all of W_hh every step). The grid never exceeds
+    sm_count: its programs take at most 255 registers x 8 warps and 227 KiB of shared memory,
+    so every SM holds one.
+
+    Compiled for sm_90a (tests/test_cooperative_compile.py; registers / spill bytes / shared
+    bytes, 8 warps, variants off; fp16 and bf16 alike):
+    - on chip, BLOCK_B 16 (Triton keeps the slice in shared memory across the loop and loads it
+      into registers for each step's dot):
+      fp16 H=P=1024 BLOCK_U 8 (64 KiB): 150 / 0 / 96 KiB; BLOCK_U 16 (128 KiB): 255 / 40 / 160 KiB;
+      fp16 H=1024 P=512 BLOCK_U 16 (96 KiB): 192 / 0 / 128 KiB;
+      fp32 H=P=512 BLOCK_U 16 (128 KiB): 159 / 0 / 160 KiB;
+      fp32 H=1024 P=512 BLOCK_U 8 (128 KiB): 128 / 20 / 192 KiB; fp32 H=1024 P=512 BLOCK_U 16:
+      226 / 0 / 256 KiB (over the 227 KiB a block may use);
+      BLOCK_B 64 spills at every size (fp16 H=P=256 BLOCK_U 8: 176 bytes; fp32 H=P=256 BLOCK_U 16:
+      25 KiB).
+    - streamed, BLOCK_K 32: fp16 H=P=1024 BLOCK_B 64 BLOCK_U 16: 218 / 0 / 8 KiB, BLOCK_U 32:
+      255 / 20; fp32 H=1024 P=512 BLOCK_B 64 BLOCK_U 16: 252 / 0 / 16 KiB.
+    """
+    if directions not in (1, 2):
+        raise ValueError(f"directions must be 1 or 2, not {directions}")
+    has_proj = P != H
+    chip = _grid_plan(H, P, B, ON_CHIP_BLOCK_B, directions, sm_count, has_proj, on_chip=True)
+    if chip is not None and on_chip_bytes(chip, H, P, dtype, has_proj) <= ON_CHIP_BYTES[dtype]:
+        return chip
+    block_b = min(STREAMED_MAX_BLOCK_B, max(16, triton.next_power_of_2(B)))
+    return _grid_plan(H, P, B, block_b, directions, sm_count, has_proj, on_chip=False)
 
 
 # The interpreter runs the programs one after another: few "SMs" keep its grids small.
 INTERPRETER_SMS = 8
 
 
+def _sm_count(device: torch.device) -> int:
+    """The SMs `plan` may fill: the GPU's, or INTERPRETER_SMS under the interpreter."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return INTERPRETER_SMS
+
+
+NO_VARIANTS = Variants()
+
+
 def cooperative_forward(
     gates_x: Tensor, w_hh: Tensor, w_hr: Tensor | None, h0: Tensor, c0: Tensor, lengths: Tensor,
-    reverse: bool, v: Variants = Variants(), config: ForwardPlan | None = None,
+    reverse: bool, v: Variants = NO_VARIANTS, config: ForwardPlan | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Both directions of a layer, padded: y [D, T*B, P] (storage dtype), h_n [D, B, P],
-    c_n [D, B, H], gates [D, T*B, 4H] and cells [D, T*B, H] (float32).
+    """Padded in and out, as persistent_forward (same call, same results): gates_x [T*B, 4H] ->
+    y [T*B, P] (storage dtype), h_n [B, P], c_n [B, H], gates [T*B, 4H] and cells [T*B, H]
+    (float32). lengths int32 [B] on the device; all contiguous; w_hh [4H, P], w_hr [P, H] or
+    None, h0 [B, P], c0 [B, H].
 
-    gates_x [D, T*B, 4H], w_hh [D, 4H, P], w_hr [D, P, H] or None, h0 [D, B, P], c0 [D, B, H],
-    all contiguous, D in {1, 2}; lengths int32 [B] on the device. Direction 0 runs reversed when
-    `reverse`, direction 1 the other way. v (variant_args.Variants): peephole [D, 3, H],
-    zoneout_c [D * T * B, H], zoneout_h [D * T * B, P] (rows as gates_x's), cell_clip; layer
-    norm is not supported. config: plan()'s for this shape and device when None.
+    Both directions of a bidirectional layer in one launch: every tensor but lengths takes a
+    leading direction axis D = 2 (all outputs then have it too); direction 0 runs reversed when
+    `reverse`, direction 1 the other way. v (variant_args.Variants): peephole [3, H], zoneout_c
+    [T*B, H], zoneout_h [T*B, P] (padded rows as gates_x's), with the direction axis in front
+    when there is one; cell_clip; layer norm is not supported. config: plan()'s for this shape
+    and device when None.
     """
+    if gates_x.dim() == 2:
+        v = v._replace(peephole=None if v.peephole is None else v.peephole[None])
+        outputs = cooperative_forward(gates_x[None], w_hh[None], None if w_hr is None else w_hr[None],
+                                      h0[None], c0[None], lengths, reverse, v, config)
+        return tuple(t[0] for t in outputs)
     if v.ln_hh is not None or v.ln_c is not None:
         raise ValueError("the cooperative forward has no layer norm")
     D, rows, G = gates_x.shape
     H = G // 4
     B, P = h0.shape[1:]
-    T = rows // B
     device = gates_x.device
     has_proj = w_hr is not None
-    config = config or plan(H, P, B, gates_x.dtype, D, _sm_count(device), has_proj)
+    if has_proj != (P != H):
+        raise ValueError(f"a projection needs P < H (P = {P}, H = {H})")
     y = kernel_output((D, rows, P), gates_x.dtype, device)
     gates = kernel_output((D, rows, G), torch.float32, device)
     cells = kernel_output((D, rows, H), torch.float32, device)
+    if rows == 0:  # no step (or no sequence): the final states are the initial ones
+        return y, h0.clone(), c0.clone(), gates, cells
+    T = rows // B
+    config = config or plan(H, P, B, gates_x.dtype, D, _sm_count(device))
+    if config is None:
+        raise ValueError(f"no cooperative grid fits H = {H}, B = {B}, {D} direction(s) on this GPU")
     h_n = kernel_output((D, B, P), h0.dtype, device)
     c_n = kernel_output((D, B, H), c0.dtype, device)
     # The projection's input, a row per step (phase 2 of a step may still read it while phase 1
@@ -351,8 +430,9 @@ def cooperative_forward(
         H=H, P=P, HAS_PROJ=has_proj, PEEPHOLE=v.peephole is not None, ZONEOUT_C=v.zoneout_c is not None,
         ZONEOUT_H=v.zoneout_h is not None, CELL_CLIP=v.cell_clip is not None,
         DOT_DTYPE=dot_dtype(gates_x.dtype), BLOCK_B=config.block_b, BLOCK_U=config.block_u,
-        BLOCK_Q=config.block_q, BLOCK_K=config.block_k, BLOCK_P=feature_block(P), BLOCK_H=feature_block(H),
+        BLOCK_Q=config.block_q, BLOCK_K=BLOCK_K, BLOCK_P=feature_block(P), BLOCK_H=feature_block(H),
         WEIGHTS_ON_CHIP=config.weights_on_chip, num_warps=config.num_warps, num_stages=1,
+        maxnreg=MAX_REGISTERS,
     )
     kernel = lstm_cooperative_forward_kernel
     if triton_interpreter_enabled():
