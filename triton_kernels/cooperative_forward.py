@@ -3,10 +3,11 @@
 Grid (unit blocks, batch tiles, directions). Program (u, b, d) owns BLOCK_U hidden units, all four
 gate rows of them, for BLOCK_B batch rows of direction d. Each step it reads the previous h
 [BLOCK_B, P] from global memory (y's row of the previous step, in the storage dtype, or h0),
-multiplies it by its W_hh rows in ONE dot whose 4 * BLOCK_U columns interleave the gates
-(column 4 * unit + gate: the warps split those columns, so no warp holds a gate's weights twice),
-adds gates_x, applies the activations and the cell update (c of its units stays in fp32
-registers), and writes y, gates and cells. The programs of one batch tile and direction then meet
+multiplies it by its W_hh rows in ONE dot of 4 * BLOCK_U columns, the gates interleaved (column
+4 * unit + gate), rather than four of BLOCK_U: tl.dot's warps split only M and N, so the wider N
+gives each warp columns of its own instead of copies of the same weights. Then gates_x, the
+activations and the cell update (c of its units stays in fp32 registers), and y, gates and
+cells are written. The programs of one batch tile and direction then meet
 at a per-step arrival counter (grid_sync.py) before anyone reads the new h. y has a fresh row per
 step, so nothing is overwritten while a slower program still reads it.
 
@@ -15,8 +16,9 @@ scratch row of that step, everyone meets, then in phase 2 the programs split the
 columns (BLOCK_Q each) and compute y[:, q] = r @ W_hr[q, :]^T; they meet again before the next
 step.
 
-WEIGHTS_ON_CHIP loads the W_hh (and W_hr) slice once before the time loop and keeps it in
-registers; otherwise each step streams it from L2 in BLOCK_K chunks. `plan` picks one.
+WEIGHTS_ON_CHIP loads the W_hh (and W_hr) slice once before the time loop and keeps it on chip
+(the compiled kernel holds it in shared memory across the loop and loads it into registers for
+each step's dot); otherwise each step streams it from L2 in BLOCK_K chunks. `plan` picks one.
 
 Layout as persistent_forward.py: padded rows [T * B], per-row lengths; a row past its length
 carries h and c unchanged, and the kernel writes the carried values into that step's y and cells
@@ -46,6 +48,7 @@ from torch_lstm_ext.triton_kernels.grid_sync import arrival_counters, arrive, la
 from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, store_gates, tanh
 from torch_lstm_ext.triton_kernels.tuning import dot_dtype, feature_block
 from torch_lstm_ext.triton_kernels.variant_args import Variants
+from torch_lstm_ext.triton_kernels.variant_step_forward import load_vector
 
 
 @triton.jit
@@ -112,12 +115,6 @@ def _step_rows(s, rev, T, B, d, rows):
     return t, now, prev
 
 
-@triton.jit
-def _vector(ptr, cols, col_ok):
-    """A parameter vector's slice as a fp32 [1, len(cols)] row."""
-    return tl.load(ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-
-
 @triton.jit(do_not_specialize=["first_step", "num_steps", "cell_clip"])
 def lstm_cooperative_forward_kernel(
     gx_ptr, w_hh_ptr, w_hr_ptr, h0_ptr, c0_ptr, lengths_ptr, peephole_ptr, zc_ptr, zh_ptr,
@@ -180,9 +177,9 @@ def lstm_cooperative_forward_kernel(
         w_gates = w_hh_ptr
         w_out = w_hr_ptr
     if PEEPHOLE:
-        w_ci = _vector(peephole_ptr, units, unit_ok)
-        w_cf = _vector(peephole_ptr, H + units, unit_ok)
-        w_co = _vector(peephole_ptr, 2 * H + units, unit_ok)
+        w_ci = load_vector(peephole_ptr, units, unit_ok)
+        w_cf = load_vector(peephole_ptr, H + units, unit_ok)
+        w_co = load_vector(peephole_ptr, 2 * H + units, unit_ok)
 
     _, _, prev_rows = _step_rows(first_step, rev, T, B, d, rows)
     h = _carried(y_ptr, h0_ptr, first_step, prev_rows, state_rows, outs, P, out_mask)
@@ -339,19 +336,23 @@ def plan(H: int, P: int, B: int, dtype: torch.dtype, directions: int, sm_count: 
     sm_count: its programs take at most 255 registers x 8 warps and 227 KiB of shared memory,
     so every SM holds one.
 
-    Compiled for sm_90a (tests/test_cooperative_compile.py; registers / spill bytes / shared
-    bytes, 8 warps, variants off; fp16 and bf16 alike):
-    - on chip, BLOCK_B 16 (Triton keeps the slice in shared memory across the loop and loads it
-      into registers for each step's dot):
-      fp16 H=P=1024 BLOCK_U 8 (64 KiB): 150 / 0 / 96 KiB; BLOCK_U 16 (128 KiB): 255 / 40 / 160 KiB;
-      fp16 H=1024 P=512 BLOCK_U 16 (96 KiB): 192 / 0 / 128 KiB;
-      fp32 H=P=512 BLOCK_U 16 (128 KiB): 159 / 0 / 160 KiB;
-      fp32 H=1024 P=512 BLOCK_U 8 (128 KiB): 128 / 20 / 192 KiB; fp32 H=1024 P=512 BLOCK_U 16:
-      226 / 0 / 256 KiB (over the 227 KiB a block may use);
-      BLOCK_B 64 spills at every size (fp16 H=P=256 BLOCK_U 8: 176 bytes; fp32 H=P=256 BLOCK_U 16:
-      25 KiB).
-    - streamed, BLOCK_K 32: fp16 H=P=1024 BLOCK_B 64 BLOCK_U 16: 218 / 0 / 8 KiB, BLOCK_U 32:
-      255 / 20; fp32 H=1024 P=512 BLOCK_B 64 BLOCK_U 16: 252 / 0 / 16 KiB.
+    Compiled for sm_90a with maxnreg 255 (tests/test_cooperative_compile.py compiles every
+    configuration this returns for H in {128, 256, 512, 1024}, P = H or H / 2, B in {16, 64},
+    1 or 2 directions, fp32 / fp16 / bf16, plain and with peephole, zoneout and cell clip on);
+    registers / spill bytes / shared memory, plain (variants), fp16 and bf16 alike:
+    - on chip (the compiled kernel holds the slice in shared memory across the loop):
+      fp16 H=P=1024 BLOCK_U 8 (64 KiB): 150 (156) / 0 / 96 KiB;
+      fp16 H=1024 P=512 BLOCK_U 16 (96 KiB): 212 (220) / 0 / 128 KiB;
+      fp32 H=P=1024 BLOCK_U 8 (128 KiB): 160 (164) / 0 / 192 KiB;
+      fp32 H=P=512 BLOCK_U 16 (128 KiB): 160 (255) / 0 / 160 KiB;
+      all others smaller. Past the budgets: fp16 H=P=1024 BLOCK_U 16 (128 KiB) spills 48 bytes;
+      fp32 H=1024 P=512 BLOCK_U 16 (192 KiB) needs 256 KiB of shared memory, over the 227 KiB
+      one block may use; 64-row tiles spill at every size (fp16 H=P=256 BLOCK_U 8: 176 bytes).
+    - streamed, BLOCK_K 32: at most 254 (254) / 0 / 16 KiB (BLOCK_B 64, BLOCK_U 16, fp32
+      H=1024); fp16 H=P=1024 BLOCK_B 64 BLOCK_U 16: 218 (239) / 0 / 8 KiB. BLOCK_U 32 spills
+      with 64-row tiles (fp16 H=P=1024: 20 bytes).
+    Whether on chip in 16-row tiles beats streaming in fewer, larger tiles at the boundary is for
+    a GPU benchmark to show; none has run.
     """
     if directions not in (1, 2):
         raise ValueError(f"directions must be 1 or 2, not {directions}")

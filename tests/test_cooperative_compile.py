@@ -1,0 +1,116 @@
+"""The cooperative forward compiled for an H200 (sm_90a) on this CPU-only machine (sm90_compile.py),
+at every configuration `plan` returns for H in {128, 256, 512, 1024}, P = H and P = H / 2 with a
+projection, B in {16, 64}, fp32 / fp16 / bf16 and 1 or 2 directions: no register spills, shared
+memory within what one block may use, and a grid whose programs are all resident at once (its
+step barrier would hang otherwise).
+
+Each distinct configuration compiles once, plain and with every variant it supports on (the
+variants add live values), in a process pool: about 100 compilations, a minute on two cores.
+Skipped under TRITON_INTERPRET=1 (kernels are interpreted there) and where Triton's bundled ptxas
+is missing.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    pytest.skip("compiles the kernels, which TRITON_INTERPRET=1 replaces", allow_module_level=True)
+
+import torch
+from sm90_compile import H200_SMS, PTXAS, TL_DTYPE, Sm90Build, compile_for_sm90
+
+from torch_lstm_ext.triton_kernels.cooperative_forward import (
+    BLOCK_K,
+    MAX_REGISTERS,
+    ForwardPlan,
+    lstm_cooperative_forward_kernel,
+    plan,
+)
+from torch_lstm_ext.triton_kernels.grid_sync import resident_programs
+from torch_lstm_ext.triton_kernels.tuning import feature_block
+
+pytestmark = pytest.mark.skipif(not PTXAS.exists(), reason="Triton's bundled ptxas is missing")
+
+# Shared memory one block may use on compute capability 9.0 (of the SM's 228 KiB).
+MAX_BLOCK_SHARED = 227 * 1024
+DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+SHAPES = [(H, P) for H in (128, 256, 512, 1024) for P in (H, H // 2)]
+BATCHES = (16, 64)
+VARIANT_FLAGS = ("PEEPHOLE", "ZONEOUT_C", "ZONEOUT_H", "CELL_CLIP")
+
+
+def _key(H: int, P: int, dtype: torch.dtype, config: ForwardPlan, variants: bool) -> tuple:
+    """What the compiled kernel depends on (not B, the grid or the directions: runtime values)."""
+    return H, P, DTYPES[dtype], config.block_b, config.block_u, config.block_q, config.num_warps, \
+        config.weights_on_chip, variants
+
+
+def _build(key: tuple) -> Sm90Build:
+    H, P, storage, block_b, block_u, block_q, num_warps, on_chip, variants = key
+    dtype = next(d for d, name in DTYPES.items() if name == storage)
+    constexprs = dict(
+        H=H, P=P, HAS_PROJ=P != H, **dict.fromkeys(VARIANT_FLAGS, variants), DOT_DTYPE=TL_DTYPE[dtype],
+        BLOCK_B=block_b, BLOCK_U=block_u, BLOCK_Q=block_q, BLOCK_K=BLOCK_K, BLOCK_P=feature_block(P),
+        BLOCK_H=feature_block(H), WEIGHTS_ON_CHIP=on_chip, STEP_PER_LAUNCH=False, PHASE=0,
+    )
+    return compile_for_sm90(lstm_cooperative_forward_kernel, dtype, constexprs, num_warps, 1,
+                            maxnreg=MAX_REGISTERS)
+
+
+def _cases():
+    """(H, P, B, dtype, directions, plan) of every shape the test covers."""
+    for dtype in DTYPES:
+        for H, P in SHAPES:
+            for B in BATCHES:
+                for directions in (1, 2):
+                    yield H, P, B, dtype, directions, plan(H, P, B, dtype, directions, H200_SMS.count)
+
+
+@pytest.fixture(scope="module")
+def builds() -> dict[tuple, Sm90Build]:
+    """Every distinct configuration's build, plain and with the variants, compiled in parallel."""
+    keys = sorted({_key(H, P, dtype, config, variants) for H, P, _, dtype, _, config in _cases()
+                   if config is not None for variants in (False, True)})
+    # spawn: a forked child would inherit torch's thread pools mid-use.
+    with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return dict(zip(keys, pool.map(_build, keys), strict=True))
+
+
+def test_every_planned_configuration_compiles_without_spills_and_is_resident(builds):
+    failures = []
+    for H, P, B, dtype, directions, config in _cases():
+        case = f"H={H} P={P} B={B} {DTYPES[dtype]} D={directions}"
+        if config is None:
+            failures.append(f"{case}: no plan")
+            continue
+        for variants in (False, True):
+            build = builds[_key(H, P, dtype, config, variants)]
+            where = f"{case} variants={variants} {config}: {build}"
+            if build.spills:
+                failures.append(f"{where}: {build.spills} bytes spilled")
+            if build.shared_bytes > MAX_BLOCK_SHARED:
+                failures.append(f"{where}: shared memory over {MAX_BLOCK_SHARED} bytes")
+            if resident_programs(build.footprint, H200_SMS) < math.prod(config.grid):
+                failures.append(f"{where}: grid not resident")
+    assert not failures, "\n".join(failures)
+
+
+def test_plans_cover_both_modes():
+    """The covered shapes exercise the weights on chip and streamed, and plan() puts the 16-bit
+    H = P = 1024 slice (64 KiB at B = 16, one direction) on chip."""
+    modes = {config.weights_on_chip for *_, config in _cases()}
+    assert modes == {False, True}
+    assert plan(1024, 1024, 16, torch.bfloat16, 1, H200_SMS.count).weights_on_chip
+
+
+def test_plan_refuses_a_grid_the_sms_cannot_hold():
+    # B = 256 in 64-row tiles needs BLOCK_U 32 for H = 1024 in two directions: past MAX_BLOCK_U.
+    assert plan(1024, 1024, 256, torch.float16, 2, H200_SMS.count) is None
+    config = plan(1024, 1024, 128, torch.float16, 1, H200_SMS.count)
+    assert math.prod(config.grid) <= H200_SMS.count
