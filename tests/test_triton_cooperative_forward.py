@@ -134,10 +134,12 @@ def test_float32_matches_numpy(proj, packed, reverse, on_chip, monkeypatch):
 
 
 @pytest.mark.parametrize("on_chip", [False, True], ids=["streamed", "on_chip"])
-def test_masked_edges_match_numpy(on_chip, monkeypatch):
-    # H = 40: three unit blocks, the last partial; P = 24: two phase-2 programs, the second
+@pytest.mark.parametrize("proj", [0, 24], ids=["no_proj", "proj"])
+def test_masked_edges_match_numpy(proj, on_chip, monkeypatch):
+    # H = 40: three unit blocks, the last partial, and (streamed, BLOCK_K 32) two K chunks over
+    # P = 40 or, with P = 24, over H in phase 2; P = 24: two phase-2 programs, the second
     # partial, and a third unit block without output columns.
-    cases = cases_of(T=4, B=B, H=40, proj=24, packed=True, reverse=False, dtype=torch.float32, seed=2)
+    cases = cases_of(T=4, B=B, H=40, proj=proj, packed=True, reverse=False, dtype=torch.float32, seed=2)
     assert_forward_matches(cases, monkeypatch, on_chip)
 
 
