@@ -24,11 +24,8 @@ demo: $(STAMP)
 
 test: test-cpu test-interpreter
 
-# MKL's GEMMs may round differently with the memory alignment of their operands unless its
-# conditional numerical reproducibility is on (set before MKL loads); the checkpointing tests
-# compare bits, so the suite runs in that mode.
 test-cpu: $(STAMP)
-	MKL_CBWR=AUTO,STRICT $(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q
 
 test-interpreter: $(STAMP)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m interpreter

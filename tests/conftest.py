@@ -18,8 +18,8 @@ def _seed_torch():
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Blocks of 32 rows instead of schedule.MIN_BLOCK_ROWS, so that sequences short enough for
-    gradcheck and float64 comparisons still run the CPU backward and checkpointing in several
-    blocks (the block boundaries are what those tests are about)."""
+    gradcheck and float64 comparisons still run checkpointing in several blocks (the block
+    boundaries are what those tests are about)."""
     monkeypatch.setattr(schedule, "MIN_BLOCK_ROWS", 32)
     return 32
 

@@ -37,11 +37,44 @@ KERNEL_TOLERANCES = {
 # (plain: 2 * 2**-8); allowed: 16 * 2**-8.
 LAYER_NORM_BF16_TOLERANCE = 16 * 2**-8
 
+# checkpoint=True against the stored path: the same function from the same random masks, but the
+# input GEMM runs per block and the weight gradients are summed per block (checkpoint.py), so the
+# two differ by rounding, which the T-step recurrence carries on and the gradients' sums over T
+# steps collect. The bound, per tensor: max|checkpointed - stored| <= T * eps * max|stored|, eps
+# of the dtype. Measured with scripts/checkpoint_sweep.py (seeds 1-8, 320 random configurations
+# of every option, fp32 and fp64, on AMD EPYC without MKL_CBWR): at most 0.2 T eps without layer
+# norm (221 configurations), 0.9 T eps in fp32 with it; every configuration in
+# tests/test_checkpoint.py at most 0.25 T eps.
+CHECKPOINT_EPS_PER_STEP = 1.0
+# Layer norm divides by a row's standard deviation, which can be tiny (cell clipping saturates a
+# row), and so amplifies every rounding, the stored path's own included. 16 of the 320, all fp64
+# with layer norm, exceeded the bound (up to 520 T eps), each within 1.5x of how far the stored
+# path itself moved when its input was perturbed by one rounding error (x * (1 + eps * z),
+# z ~ N(0, 1)); over all 320 the ratio was at most 4.7. The sweep calls a configuration over the
+# bound ill-conditioned, not wrong, within this many times that perturbation's difference (a bug,
+# a wrong mask or block boundary, differs by O(1) relative).
+CHECKPOINT_PERTURBATION_RATIO = 10.0
+
 
 def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype | None = None, msg: str = "") -> None:
     """torch.testing.assert_close at the project's tolerance for `dtype` (default: expected's)."""
     rtol, atol = TOLERANCES[dtype or expected.dtype]
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{msg}: {m}")
+
+
+def eps_units(actual: Tensor, expected: Tensor) -> float:
+    """max|actual - expected| in units of the dtype's eps times max|expected| (0 when both are 0)."""
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    diff = (actual - expected).abs().max().item() if expected.numel() else 0.0
+    return diff / (torch.finfo(expected.dtype).eps * scale) if scale else (0.0 if diff == 0 else float("inf"))
+
+
+def assert_checkpoint_close(actual: Tensor, expected: Tensor, num_steps: int, msg: str = "") -> None:
+    """checkpoint=True's `actual` against the stored path's `expected`, within the bound above
+    for a T = num_steps sequence."""
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype, msg
+    units, allowed = eps_units(actual, expected), CHECKPOINT_EPS_PER_STEP * max(num_steps, 1)
+    assert units <= allowed, f"{msg}: differs by {units:.3g} eps * max|expected|, allowed {allowed:.3g}"
 
 
 def twin_lstms(dtype: torch.dtype = torch.float64, **config) -> tuple[nn.LSTM, torch_lstm_ext.LSTM]:

@@ -1,8 +1,6 @@
-"""checkpoint=True: outputs and every gradient bitwise equal to the stored-activation path.
-
-Bitwise comparisons of CPU GEMMs hold with MKL's conditional numerical reproducibility on
-(`make test` sets MKL_CBWR=AUTO,STRICT): without it MKL may round differently with the memory
-alignment of the operands, which differs between the two paths' buffers.
+"""checkpoint=True: outputs and every gradient equal to the stored-activation path's to
+rounding, within the bound of tests/support.py (T eps of each tensor's largest entry), and
+gradcheck through the checkpointed backward itself.
 """
 
 from __future__ import annotations
@@ -11,6 +9,7 @@ import random
 
 import pytest
 import torch
+from support import assert_checkpoint_close, assert_close
 from torch.autograd import gradcheck
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
@@ -29,21 +28,31 @@ CASES = {
 }
 
 
-def _run(checkpoint, config, x, seed=7, input_size=3, hidden_size=6):
+def _run(checkpoint, config, x, seed=7, input_size=3, hidden_size=6) -> dict[str, torch.Tensor]:
+    """One training step from fixed seeds (the same masks for either path): the outputs and
+    the gradients of the input and of every parameter, by name."""
     torch.manual_seed(0)
     dtype = (x.data if isinstance(x, PackedSequence) else x).dtype
     module = torch_lstm_ext.LSTM(input_size, hidden_size, checkpoint=checkpoint, dtype=dtype, **config).train()
     torch.manual_seed(seed)
     out, (h_n, c_n) = module(x)
     data = out.data if isinstance(out, PackedSequence) else out
-    leaf = x.data if isinstance(x, PackedSequence) else x
+    leaves = {"input": x.data if isinstance(x, PackedSequence) else x, **dict(module.named_parameters())}
     loss = (data * torch.linspace(-1, 1, data.shape[-1], dtype=dtype)).sum() + h_n.pow(2).sum() + c_n.sum()
-    return (data, h_n, c_n), torch.autograd.grad(loss, [leaf, *module.parameters()])
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    return {"output": data, "h_n": h_n, "c_n": c_n, **{f"grad {n}": g for n, g in zip(leaves, grads)}}
+
+
+def _assert_results_close(ckpt: dict, stored: dict, num_steps: int, what: str) -> None:
+    """Every tensor of two _run results within the checkpoint bound."""
+    assert ckpt.keys() == stored.keys()
+    for name in stored:
+        assert_checkpoint_close(ckpt[name], stored[name], num_steps, f"{what}, {name}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("name", CASES)
-def test_checkpoint_equals_stored_path_bitwise(name, dtype, small_blocks):
+def test_checkpoint_equals_stored_path_to_rounding(name, dtype, small_blocks):
     config, T, B, packed = CASES[name]
     gen = torch.Generator().manual_seed(1)
     if packed:
@@ -52,16 +61,10 @@ def test_checkpoint_equals_stored_path_bitwise(name, dtype, small_blocks):
         x.data.requires_grad_()
     else:
         x = torch.randn(T, B, 3, generator=gen, dtype=dtype, requires_grad=True)
-    stored, stored_grads = _run(False, config, x)
-    ckpt, ckpt_grads = _run(True, config, x)
-    for a, b in zip(ckpt, stored, strict=True):
-        assert torch.equal(a, b)  # random draws included
-    names = ["input"] + [n for n, _ in torch_lstm_ext.LSTM(3, 6, **config).named_parameters()]
-    for name_, a, b in zip(names, ckpt_grads, stored_grads, strict=True):
-        assert torch.equal(a, b), f"grad {name_}: max diff {(a - b).abs().max().item():.3e}"
+    _assert_results_close(_run(True, config, x), _run(False, config, x), T, name)
 
 
-def test_random_configurations_equal_stored_path_bitwise(small_blocks):
+def test_random_configurations_equal_stored_path_to_rounding(small_blocks):
     """A derandomized sweep over everything the module takes, twelve configurations."""
     rng = random.Random(20261128)
     for _ in range(12):
@@ -83,21 +86,16 @@ def test_random_configurations_equal_stored_path_bitwise(small_blocks):
         else:
             shape = (B, T, I) if config["batch_first"] else (T, B, I)
             x = torch.randn(*shape, generator=gen, dtype=dtype, requires_grad=True)
-        runs = [_run(checkpoint, config, x, input_size=I, hidden_size=H) for checkpoint in (False, True)]
-        (stored, stored_grads), (ckpt, ckpt_grads) = runs
-        for a, b in zip((*ckpt, *ckpt_grads), (*stored, *stored_grads), strict=True):
-            assert torch.equal(a, b), (dtype, I, H, T, B, config)
+        runs = [_run(checkpoint, config, x, input_size=I, hidden_size=H) for checkpoint in (True, False)]
+        _assert_results_close(*runs, T, f"{dtype} I{I} H{H} T{T} B{B} {config}")
 
 
-def test_checkpoint_equals_stored_path_bitwise_with_the_shipped_blocks():
+def test_checkpoint_equals_stored_path_to_rounding_with_the_shipped_blocks():
     """The blocks as shipped (schedule.MIN_BLOCK_ROWS rows at least), float32, training."""
     config = dict(num_layers=2, bidirectional=True, proj_size=4, peephole=True, zoneout_cell=0.1, dropout=0.2)
     x = torch.randn(300, 8, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
     assert len(time_blocks(None, 300 * 8, 8, False)) >= 2
-    stored, stored_grads = _run(False, config, x)
-    ckpt, ckpt_grads = _run(True, config, x)
-    for a, b in zip((*ckpt, *ckpt_grads), (*stored, *stored_grads), strict=True):
-        assert torch.equal(a, b)
+    _assert_results_close(_run(True, config, x), _run(False, config, x), 300, "shipped blocks")
 
 
 def test_checkpoint_gradcheck(small_blocks):
@@ -130,4 +128,4 @@ def test_checkpoint_compiles_fullgraph():
         out, (h_n, c_n) = m(x)
         results.append((out, *torch.autograd.grad(out.pow(2).sum() + h_n.sum(), [x, *module.parameters()])))
     for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert_close(a, b, torch.float32, "compiled")

@@ -39,23 +39,6 @@ def test_opcheck_both_ops(dtype, proj, packed, reverse):
     torch.library.opcheck(torch.ops.torch_lstm_ext.lstm_bwd, bwd_args)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("bias,layer_norm,packed,compute_dx", [
-    (True, False, False, True), (False, True, True, True), (True, True, False, False),
-])
-def test_opcheck_input_projection_bwd(dtype, bias, layer_norm, packed, compute_dx, small_blocks):
-    gen = torch.Generator().manual_seed(0)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen).to(dtype)
-
-    batch_sizes = torch.tensor([3] * 20 + [2] * 10 + [1] * 5) if packed else None
-    lead = (int(batch_sizes.sum()),) if packed else (40, 2)  # long enough for several blocks
-    args = (randn(*lead, 8), randn(*lead, 3), randn(8, 3), randn(8) if layer_norm else None, bias, compute_dx,
-            batch_sizes, False)
-    torch.library.opcheck(torch.ops.torch_lstm_ext.input_projection_bwd, args)
-
-
 def _run(module, x, hx):
     out, (h_n, c_n) = module(x, hx)
     loss = out.pow(2).sum() + h_n.sum() + c_n.sum()

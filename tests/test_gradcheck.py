@@ -113,12 +113,12 @@ def test_create_graph_gradients_equal_the_kernel_gradients_packed_bidirectional(
         torch.testing.assert_close(recomputed.detach(), kernel, rtol=1e-10, atol=1e-10)
 
 
-def test_multi_block_module_gradcheck(small_blocks):
-    """Long enough that the CPU backward runs in several blocks (schedule.time_blocks), packed
-    and bidirectional, so block boundaries fall mid-sequence in both directions."""
+def test_multi_block_checkpointed_module_gradcheck(small_blocks):
+    """checkpoint=True, long enough to run in several blocks (schedule.time_blocks), packed and
+    bidirectional, so block boundaries fall mid-sequence in both directions."""
     torch.manual_seed(0)
-    lstm = torch_lstm_ext.LSTM(2, 2, bidirectional=True, proj_size=1, dtype=DT)
-    seqs = [torch.randn(n, 2, dtype=DT, requires_grad=True) for n in (70, 45)]
+    lstm = torch_lstm_ext.LSTM(2, 2, bidirectional=True, proj_size=1, checkpoint=True, dtype=DT)
+    seqs = [torch.randn(n, 2, dtype=DT, requires_grad=True) for n in (40, 25)]
     names = [n for n, _ in lstm.named_parameters()]
     sizes = pack_sequence([s.detach() for s in seqs]).batch_sizes
     assert len(time_blocks(sizes, int(sizes.sum()), 2, False)) >= 2

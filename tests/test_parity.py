@@ -10,6 +10,8 @@ import torch
 from support import assert_same_results, outputs_and_grads, twin_lstms
 from torch.nn.utils.rnn import pack_sequence
 
+import torch_lstm_ext
+
 INPUT_SIZE, HIDDEN = 5, 7
 
 CONFIGS = [
@@ -84,11 +86,14 @@ def test_larger_float32_shape_matches_nn_lstm():
     assert_same_results(outputs_and_grads(ref, x), outputs_and_grads(ours, x), torch.float32)
 
 
+@pytest.mark.parametrize("checkpoint", [False, True], ids=["stored", "checkpoint"])
 @pytest.mark.parametrize("kind", ["batched", "packed_unsorted"])
-def test_long_sequences_match_nn_lstm(kind, small_blocks):
-    """Long enough for the CPU backward to run in several blocks (blockwise.py)."""
+def test_long_sequences_match_nn_lstm(kind, checkpoint, small_blocks):
+    """150 steps; with checkpoint=True, in many blocks (schedule.time_blocks)."""
     config = dict(num_layers=2, bidirectional=True, proj_size=3, bias=True, batch_first=False)
-    ref, ours = twin_lstms(torch.float64, input_size=INPUT_SIZE, hidden_size=HIDDEN, **config)
+    ref = torch.nn.LSTM(INPUT_SIZE, HIDDEN, **config, dtype=torch.float64)
+    ours = torch_lstm_ext.LSTM(INPUT_SIZE, HIDDEN, **config, checkpoint=checkpoint, dtype=torch.float64)
+    ours.load_state_dict(ref.state_dict())
     x, hx = make_input(kind, config, 150, 3, torch.float64, with_hx=True, seed=2)
     assert_same_results(outputs_and_grads(ref, x, hx), outputs_and_grads(ours, x, hx), torch.float64)
 
@@ -145,12 +150,15 @@ def test_half_types_run_in_float32_and_match_nn_lstm(dtype):
     assert all(p.grad is not None and p.grad.dtype == dtype for p in ours.parameters())
 
 
+@pytest.mark.parametrize("checkpoint", [False, True], ids=["stored", "checkpoint"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_type_weight_gradients_over_many_blocks_match_nn_lstm(dtype, small_blocks):
-    """The CPU backward sums the blocks' weight gradients in float32 and rounds once, so over a
-    sequence of 20 blocks they stay about as accurate as nn.LSTM's, computed in the half type.
-    (Summed in the half type instead, W_ih's bf16 error was 2.3x nn.LSTM's.)"""
-    ref, ours = twin_lstms(torch.float32, input_size=8, hidden_size=16)
+def test_half_type_weight_gradients_match_nn_lstm(dtype, checkpoint, small_blocks):
+    """Over 400 steps the weight gradients stay about as accurate as nn.LSTM's, computed in the
+    half type. checkpoint=True (20 blocks) sums the blocks' gradients in float32 and rounds once
+    (summed in the half type instead, W_ih's bf16 error was 2.3x nn.LSTM's)."""
+    ref = torch.nn.LSTM(8, 16)
+    ours = torch_lstm_ext.LSTM(8, 16, checkpoint=checkpoint)
+    ours.load_state_dict(ref.state_dict())
     ref_half, ref64 = copy.deepcopy(ref).to(dtype), copy.deepcopy(ref).double()
     ours.to(dtype)
     x, weight = torch.randn(400, 3, 8), torch.randn(400, 3, 16)

@@ -1,4 +1,4 @@
-"""schedule.time_blocks: the blocks the CPU backward and checkpointing share."""
+"""schedule.time_blocks: the blocks checkpointing recomputes."""
 
 from __future__ import annotations
 
@@ -46,16 +46,3 @@ def test_blocks_tile_the_sequence_and_are_long_enough(name, reverse, min_rows):
 def test_long_padded_sequence_gets_sqrt_t_blocks():
     blocks = time_blocks(None, 1024 * 32, 32, False)
     assert [b.t1 - b.t0 for b in blocks] == [32] * 32
-
-
-@pytest.mark.parametrize("name", CASES)
-def test_a_block_split_again_is_itself(name, min_rows):
-    """What lets checkpointing, which runs the backward on one block at a time with the whole
-    sequence's block length, reduce exactly as the stored path does."""
-    batch_sizes, num_rows, batch = CASES[name]
-    num_steps = num_rows // batch if batch_sizes is None else len(batch_sizes)
-    steps = max(1, int(num_steps ** 0.5))
-    for block in time_blocks(batch_sizes, num_rows, batch, False):
-        sizes = None if batch_sizes is None else batch_sizes[block.t0 : block.t1]
-        again = time_blocks(sizes, block.hi - block.lo, batch, False, steps)
-        assert [(b.t1 - b.t0, b.hi - b.lo) for b in again] == [(block.t1 - block.t0, block.hi - block.lo)]

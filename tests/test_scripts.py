@@ -89,4 +89,5 @@ def test_gpu_check_fails_when_a_stage_fails(tmp_path):
 def test_checkpoint_sweep_runs_and_reports(tmp_path):
     result = _run([str(SCRIPTS / "checkpoint_sweep.py"), "--seed", "4", "--configs", "2", "--small-blocks"], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "seed 4: 0 of 2 configurations differ" in result.stdout
+    assert "seed 4: 0 of 2 configurations differ beyond rounding" in result.stdout
+    assert "worst difference:" in result.stdout

@@ -1,9 +1,9 @@
 """Multi-layer, bidirectional LSTM over time-major or packed input: the module's engine.
 
 Per layer and direction: the input projection for the whole sequence as one GEMM in torch
-(its backward in projection_grad.py), then the recurrence through `LSTMFunction`. Between
-layers, dropout exactly as nn.LSTM applies it on the CPU (one `dropout` call on the layer's
-whole output), so seeded runs draw the same masks.
+(autograd'd), then the recurrence through `LSTMFunction`. Between layers, dropout exactly as
+nn.LSTM applies it on the CPU (one `dropout` call on the layer's whole output), so seeded runs
+draw the same masks.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from torch import Tensor
 from torch_lstm_ext.autograd import lstm_layer
 from torch_lstm_ext.checkpoint import checkpointed_layer
 from torch_lstm_ext.profiling import stage
-from torch_lstm_ext.projection import LayerWeights
-from torch_lstm_ext.projection_grad import projected_input
+from torch_lstm_ext.projection import LayerWeights, input_projection
 from torch_lstm_ext.variants import VariantConfig, zoneout_weights
 
 PLAIN = VariantConfig()
@@ -45,7 +44,7 @@ def run_layer(
     if variants.checkpoint:
         return checkpointed_layer(x, w, h0, c0, batch_sizes, reverse, zoneout_c, zoneout_h, variants)
     with stage("input_gemm"):
-        gates_x = projected_input(x, w, batch_sizes, reverse)
+        gates_x = input_projection(x, w)
     return lstm_layer(
         gates_x, w.w_hh, w.w_hr, h0, c0, batch_sizes, reverse, w.peephole, w.ln_hh,
         w.ln_c, zoneout_c, zoneout_h, variants.cell_clip, variants.grad_clip,

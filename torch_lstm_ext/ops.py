@@ -13,8 +13,6 @@ lstm_fwd returns y [..., P] (storage dtype), h_n [B, P], c_n [B, H], and for the
 activated gates [..., 4H] and the cells [..., H] in the compute dtype (float64 or float32).
 lstm_bwd returns d_gates_x, d_w_hh, d_w_hr (an empty tensor without projection), d_h0, d_c0,
 and the gradients of the variant parameters d_peephole, d_ln_hh_weight, d_ln_c (empty when off).
-On the CPU, lstm_bwd runs block by block (blockwise.py; `block_steps`, 0 for the default, sets
-the blocks' length), so that checkpointing can repeat its arithmetic exactly.
 
 Variant inputs (all optional; see variant_reference.py for the equations): peephole [3, H]
 (w_ci, w_cf, w_co), ln_hh_weight [4H], ln_c [2, H] (gain, bias), zoneout_c [..., H] and
@@ -27,7 +25,6 @@ import torch
 from torch import Tensor
 
 from torch_lstm_ext import reference
-from torch_lstm_ext.blockwise import blockwise_backward
 from torch_lstm_ext.config import BACKEND_ENV, INTERPRETER_ENV, requested_backend, triton_interpreter_enabled
 from torch_lstm_ext.dtypes import compute_dtype
 from torch_lstm_ext.profiling import stage
@@ -163,40 +160,14 @@ def lstm_bwd(
     zoneout_h: Tensor | None = None,
     cell_clip: float | None = None,
     grad_clip: float | None = None,
-    block_steps: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     with stage("backward_recurrence"):
         return _lstm_bwd(grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates,
-                         cells, (peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h, cell_clip, grad_clip),
-                         block_steps)
-
-
-def _numpy_block_kernel(w_hh: np.ndarray, w_hr: np.ndarray | None, reverse: bool, variants: Variants | None):
-    """The NumPy backward of one block, in blockwise.BlockKernel's form."""
-
-    def plain(grad_y, grad_hn, grad_cn, h0, c0, batch_sizes, y, gates, cells, rows, d_gates_out):
-        d_gates, d_w_hh, d_w_hr, d_h0, d_c0 = reference.lstm_backward(
-            grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates, cells, d_gates_out
-        )
-        return d_gates, d_h0, d_c0, (d_w_hh, d_w_hr, None, None, None)
-
-    def with_variants(grad_y, grad_hn, grad_cn, h0, c0, batch_sizes, y, gates, cells, rows, d_gates_out):
-        zoneout_c, zoneout_h = variants.zoneout_c, variants.zoneout_h
-        block_variants = variants._replace(
-            zoneout_c=None if zoneout_c is None else zoneout_c[rows],
-            zoneout_h=None if zoneout_h is None else zoneout_h[rows],
-        )
-        d_gates, d_w_hh, d_w_hr, d_h0, d_c0, d_variants = lstm_variant_backward(
-            grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates, cells,
-            block_variants, d_gates_out,
-        )
-        return d_gates, d_h0, d_c0, (d_w_hh, d_w_hr, *d_variants)
-
-    return plain if variants is None else with_variants
+                         cells, (peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h, cell_clip, grad_clip))
 
 
 def _lstm_bwd(grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates, cells,
-              variants, block_steps):
+              variants):
     if select_backend(grad_y.device) == "triton":
         from torch_lstm_ext import triton_kernels
 
@@ -205,13 +176,12 @@ def _lstm_bwd(grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse
         )
 
     acc = gates.dtype
-    numpy_variants = _numpy_variants(acc, *variants) if any(v is not None for v in variants) else None
-    kernel = _numpy_block_kernel(_as_numpy(w_hh, acc), _as_numpy(w_hr, acc), reverse, numpy_variants)
-    d_gates, d_h0, d_c0, (d_w_hh, d_w_hr, *d_variants) = blockwise_backward(
-        kernel,
+    args = (
         _as_numpy(as_rows(grad_y), acc),
         _as_numpy(grad_hn, acc),
         _as_numpy(grad_cn, acc),
+        _as_numpy(w_hh, acc),
+        _as_numpy(w_hr, acc),
         _as_numpy(h0, acc),
         _as_numpy(c0, acc),
         _batch_sizes_numpy(batch_sizes),
@@ -219,8 +189,14 @@ def _lstm_bwd(grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse
         _as_numpy(as_rows(y), acc),
         _as_numpy(as_rows(gates), acc),
         _as_numpy(as_rows(cells), acc),
-        block_steps,
     )
+    if any(v is not None for v in variants):
+        d_gates, d_w_hh, d_w_hr, d_h0, d_c0, d_variants = lstm_variant_backward(
+            *args, _numpy_variants(acc, *variants)
+        )
+    else:
+        d_gates, d_w_hh, d_w_hr, d_h0, d_c0 = reference.lstm_backward(*args)
+        d_variants = (None, None, None)
     return (
         _to_torch(d_gates, grad_y, grad_y.dtype).reshape(gates.shape),
         _to_torch(d_w_hh, w_hh, w_hh.dtype),

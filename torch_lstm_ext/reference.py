@@ -312,7 +312,6 @@ def lstm_backward(
     y: np.ndarray,
     gates: np.ndarray,
     cells: np.ndarray,
-    d_gates_out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
     """Gradients of `lstm_forward`.
 
@@ -320,7 +319,6 @@ def lstm_backward(
         grad_y [N, P], grad_hn [B, P], grad_cn [B, H]: gradients of the forward's outputs.
         w_hh, w_hr, h0, c0, batch_sizes, reverse: as given to the forward.
         y [N, P], gates [N, 4H], cells [N, H]: what the forward returned.
-        d_gates_out: where to write d_gates_x (C-contiguous [N, 4H]); None allocates it.
 
     Returns:
         d_gates_x [N, 4H], d_w_hh [4H, P], d_w_hr [P, H] (None without projection),
@@ -339,7 +337,7 @@ def lstm_backward(
     dh = np.array(grad_y, dtype=dtype, copy=True)
     d_h0 = np.array(grad_hn, dtype=dtype, copy=True)
     dc = np.array(grad_cn, dtype=dtype, copy=True)
-    d_gates = np.empty((N, G), dtype=dtype) if d_gates_out is None else d_gates_out
+    d_gates = np.empty((N, G), dtype=dtype)
     a_coef = np.empty((N, H), dtype=dtype)
     r = None if w_hr is None else np.empty((N, H), dtype=dtype)
     tmp = np.empty((B, H), dtype=dtype)

@@ -168,10 +168,8 @@ def lstm_variant_backward(
     gates: np.ndarray,
     cells: np.ndarray,
     v: Variants,
-    d_gates_out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, VariantGrads]:
-    """As reference.lstm_backward (d_gates_out included), plus the gradients of the variant
-    parameters.
+    """As reference.lstm_backward, plus the gradients of the variant parameters.
 
     Everything the forward computed but did not keep (previous states, the candidate cell, the
     layer-norm statistics) is recomputed here for the whole sequence at once, with the same
@@ -200,7 +198,7 @@ def lstm_variant_backward(
     if v.ln_hh is not None:
         xhat_hh, rstd_hh = _normalize(_mm(h_prev, w_hh.T))
 
-    d_gates = np.empty((N, G), dtype=dtype) if d_gates_out is None else d_gates_out
+    d_gates = np.empty((N, G), dtype=dtype)
     d_hh = np.empty((N, G), dtype=dtype) if v.ln_hh is not None else d_gates
     d_h_cand_all = np.empty((N, P), dtype=dtype) if w_hr is not None else None
     d_peephole = np.zeros((3, H), dtype=dtype) if v.peephole is not None else None
