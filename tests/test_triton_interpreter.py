@@ -28,7 +28,8 @@ from torch_lstm_ext.triton_kernels.dispatch import choose_kernel
 
 pytestmark = pytest.mark.interpreter
 
-KERNELS = ["step", "persistent"]
+# "step_graph" runs the "step" launchers eagerly off CUDA (test_step_graphs.py covers that path).
+KERNELS = ["step", "persistent", "cooperative"]
 
 
 @pytest.fixture(autouse=True)

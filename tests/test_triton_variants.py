@@ -110,8 +110,29 @@ def test_variants_run_in_the_per_step_kernels_only():
     assert choose_kernel(16, 16, False, torch.float32, False) == "persistent"
     case = with_variants(make_case(T=2, B=2, H=16, proj=0, packed=False, reverse=False, dtype=torch.float32),
                          peephole=True)
-    with pytest.raises(ValueError, match="per-step kernels only"):
+    with pytest.raises(ValueError, match="no variant form"):
         run_kernel(case, "persistent")
+
+
+PER_ELEMENT_VARIANTS = dict(peephole=True, zoneout="train", cell_clip=0.5, grad_clip=0.05)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("H,proj", [(16, 0), (20, 12)])
+def test_per_element_variants_in_the_cooperative_kernels_match_numpy(H, proj, reverse, monkeypatch):
+    """Through recurrence.py's wiring: packed rows padded (zoneout weights too), the weight GEMMs."""
+    case = make_case(T=5, B=3, H=H, proj=proj, packed=True, reverse=reverse, dtype=torch.float32, seed=13)
+    case = with_variants(case, **PER_ELEMENT_VARIANTS, seed=14)
+    expected = run_op(case, "numpy", monkeypatch)
+    _assert_clips_reached(case, expected)
+    assert_matches_reference(run_kernel(case, "cooperative"), expected, torch.float32)
+
+
+def test_the_cooperative_kernels_refuse_layer_norm():
+    case = with_variants(make_case(T=2, B=2, H=16, proj=0, packed=False, reverse=False, dtype=torch.float32),
+                         layer_norm=True)
+    with pytest.raises(ValueError, match="no layer norm"):
+        run_kernel(case, "cooperative")
 
 
 def _packed_input(T: int, B: int, input_size: int, seed: int):

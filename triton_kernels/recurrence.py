@@ -6,9 +6,14 @@ padded layout, and does the whole-sequence work in torch: the final-state gather
 gradients, each ONE GEMM over all rows. float64 goes to float64.py (the NumPy reference via
 host memory), since the kernels compute in fp32.
 
-The variants (peephole, layer norm, zoneout, cell / gradient clipping) run in their own per-step
-kernels (variant_step_forward.py, variant_step_backward.py, variant_backward.py); with every
-variant off, the plain kernels run exactly as before.
+Kernels (dispatch.py names them): "step" launches per-step kernels eagerly, "step_graph" replays
+the same launches from a CUDA graph (step_graphs.py), "persistent" runs one program per batch
+tile over the whole sequence, "cooperative" splits the hidden units over many programs of one
+launch (cooperative_forward.py, cooperative_backward.py). The padded kernels (persistent,
+cooperative) get packed input scattered to padded rows here. The variants (peephole, layer
+norm, zoneout, cell / gradient clipping) run in the per-step variant kernels
+(variant_step_forward.py, variant_step_backward.py, variant_backward.py) or, all but layer
+norm, in the cooperative ones; with every variant off, the plain kernels run.
 """
 
 from __future__ import annotations
@@ -16,16 +21,35 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from torch_lstm_ext.triton_kernels.dispatch import Kernel, choose_kernel
+from torch_lstm_ext.triton_kernels.cooperative_backward import (
+    cooperative_backward,
+    cooperative_variant_backward,
+)
+from torch_lstm_ext.triton_kernels.cooperative_forward import cooperative_forward
+from torch_lstm_ext.triton_kernels.dispatch import Kernel, check_kernel, choose_kernel
 from torch_lstm_ext.triton_kernels.float64 import float64_backward, float64_forward
 from torch_lstm_ext.triton_kernels.layout import Layout, device_index
 from torch_lstm_ext.triton_kernels.persistent_backward import persistent_backward
 from torch_lstm_ext.triton_kernels.persistent_forward import persistent_forward
 from torch_lstm_ext.triton_kernels.step_backward import step_backward
 from torch_lstm_ext.triton_kernels.step_forward import step_forward
+from torch_lstm_ext.triton_kernels.step_graphs import (
+    graphed_step_backward,
+    graphed_step_forward,
+    graphed_variant_backward,
+    graphed_variant_step_forward,
+)
 from torch_lstm_ext.triton_kernels.variant_args import Variants
 from torch_lstm_ext.triton_kernels.variant_backward import variant_backward
 from torch_lstm_ext.triton_kernels.variant_step_forward import variant_step_forward
+
+# The per-step launchers of each step kernel: (plain forward, variant forward, plain backward,
+# variant backward), eager or replayed from CUDA graphs with the same arguments and results.
+_STEP_LAUNCHERS = {
+    "step": (step_forward, variant_step_forward, step_backward, variant_backward),
+    "step_graph": (graphed_step_forward, graphed_variant_step_forward, graphed_step_backward,
+                   graphed_variant_backward),
+}
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -67,9 +91,12 @@ def _padding(layout: Layout, batch_sizes: Tensor | None, device: torch.device):
     return lengths, rows
 
 
-def _check_kernel(kernel: Kernel, v: Variants) -> None:
-    if v.on and kernel != "step":
-        raise ValueError(f"the LSTM variants run in the per-step kernels only, not {kernel!r}")
+def _padded_variants(v: Variants, padded_rows: Tensor | None, num_padded: int) -> Variants:
+    """v with its per-row zoneout weights scattered to the padded rows, as gates_x is."""
+    return v._replace(**{
+        name: _to_padded(t, padded_rows, num_padded)
+        for name, t in (("zoneout_c", v.zoneout_c), ("zoneout_h", v.zoneout_h)) if t is not None
+    })
 
 
 def lstm_forward(
@@ -104,19 +131,24 @@ def lstm_forward(
     H = c0.shape[1]
     layout = Layout.of(batch_sizes, flat.shape[0], B, reverse)
     kernel = kernel or choose_kernel(H, P, w_hr is not None, gates_x.dtype, v.on)
-    _check_kernel(kernel, v)
-    if kernel == "persistent":
+    check_kernel(kernel, v.on, v.ln_hh is not None or v.ln_c is not None)
+    if kernel in ("persistent", "cooperative"):
         lengths, padded_rows = _padding(layout, batch_sizes, flat.device)
         num_padded = len(layout.sizes) * B
-        y, h_n, c_n, gates, cells = persistent_forward(
-            _to_padded(flat, padded_rows, num_padded), w_hh, w_hr, h0, c0, lengths, reverse
-        )
+        padded = _to_padded(flat, padded_rows, num_padded)
+        if kernel == "persistent":
+            y, h_n, c_n, gates, cells = persistent_forward(padded, w_hh, w_hr, h0, c0, lengths, reverse)
+        else:
+            y, h_n, c_n, gates, cells = cooperative_forward(
+                padded, w_hh, w_hr, h0, c0, lengths, reverse, _padded_variants(v, padded_rows, num_padded)
+            )
         y, gates, cells = (_from_padded(t, padded_rows) for t in (y, gates, cells))
     else:
+        plain_forward, variants_forward, _, _ = _STEP_LAUNCHERS[kernel]
         if v.on:
-            y, gates, cells = variant_step_forward(flat, w_hh, w_hr, h0, c0, layout, v)
+            y, gates, cells = variants_forward(flat, w_hh, w_hr, h0, c0, layout, v)
         else:
-            y, gates, cells = step_forward(flat, w_hh, w_hr, h0, c0, layout)
+            y, gates, cells = plain_forward(flat, w_hh, w_hr, h0, c0, layout)
         last = device_index(layout, "last_rows", flat.device)
         h_n = _final_rows(y, h0, last)
         c_n = _final_rows(cells, c0, last)
@@ -167,15 +199,19 @@ def lstm_backward(
     device = flat_y.device
     layout = Layout.of(batch_sizes, flat_y.shape[0], B, reverse)
     kernel = kernel or choose_kernel(H, P, w_hr is not None, grad_y.dtype, v.on)
-    _check_kernel(kernel, v)
+    check_kernel(kernel, v.on, v.ln_hh is not None or v.ln_c is not None)
+    if v.on and kernel == "cooperative":
+        return _cooperative_variant_backward(flat_grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, flat_y,
+                                             flat_gates, flat_cells, batch_sizes, layout, v, gates.shape)
     if v.on:
-        grads = variant_backward(flat_grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, flat_gates, flat_cells,
-                                 _previous_h(flat_y, h0, layout), layout, v)
+        grads = _STEP_LAUNCHERS[kernel][3](flat_grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, flat_gates,
+                                           flat_cells, _previous_h(flat_y, h0, layout), layout, v)
         return grads[0].reshape(gates.shape), *grads[1:]
-    if kernel == "persistent":
+    if kernel in ("persistent", "cooperative"):
         lengths, padded_rows = _padding(layout, batch_sizes, device)
         num_padded = len(layout.sizes) * B
-        d_gates, d_out, d_h0, d_c0 = persistent_backward(
+        padded_backward = persistent_backward if kernel == "persistent" else cooperative_backward
+        d_gates, d_out, d_h0, d_c0 = padded_backward(
             _to_padded(flat_grad_y, padded_rows, num_padded), grad_hn, grad_cn, w_hh, w_hr, c0,
             _to_padded(flat_gates, padded_rows, num_padded),
             _to_padded(flat_cells, padded_rows, num_padded), lengths, reverse,
@@ -183,7 +219,7 @@ def lstm_backward(
         d_gates = _from_padded(d_gates, padded_rows)
         d_out = None if d_out is None else _from_padded(d_out, padded_rows)
     else:
-        d_gates, d_out, dc = step_backward(
+        d_gates, d_out, dc = _STEP_LAUNCHERS[kernel][2](
             flat_grad_y, grad_hn, grad_cn, w_hh, w_hr, c0, flat_gates, flat_cells, layout
         )
         first = device_index(layout, "first_rows", device)
@@ -202,3 +238,33 @@ def lstm_backward(
         d_w_hr = (d_out.T @ r).to(w_hh.dtype)
     no_variants = (w_hh.new_empty(0) for _ in range(3))
     return d_gates.reshape(gates.shape), d_w_hh, d_w_hr, d_h0, d_c0, *no_variants
+
+
+def _cooperative_variant_backward(
+    grad_y: Tensor, grad_hn: Tensor, grad_cn: Tensor, w_hh: Tensor, w_hr: Tensor | None, h0: Tensor,
+    c0: Tensor, y: Tensor, gates: Tensor, cells: Tensor, batch_sizes: Tensor | None, layout: Layout,
+    v: Variants, gates_shape: torch.Size,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """lstm_backward's results for the per-element variants through the cooperative kernel:
+    its recurrence on the padded rows, then the weight GEMMs over all rows (as variant_backward)."""
+    lengths, padded_rows = _padding(layout, batch_sizes, grad_y.device)
+    num_padded = len(layout.sizes) * layout.batch
+
+    def pad(t: Tensor) -> Tensor:
+        return _to_padded(t, padded_rows, num_padded)
+
+    s = cooperative_variant_backward(pad(grad_y), grad_hn, grad_cn, w_hh, w_hr, c0, pad(gates), pad(cells),
+                                     lengths, layout.reverse, _padded_variants(v, padded_rows, num_padded))
+    acc = torch.float32
+    d_gates = _from_padded(s.d_gates, padded_rows)
+    d_w_hh = (d_gates.to(acc).T @ _previous_h(y, h0, layout).to(acc)).to(w_hh.dtype)
+    if w_hr is None:
+        d_w_hr = w_hh.new_empty(0)
+    else:
+        d_out = _from_padded(s.d_out, padded_rows)
+        d_h_cand = d_out if v.zoneout_h is None else d_out * (1.0 - v.zoneout_h.to(acc))
+        d_w_hr = (d_h_cand.T @ _from_padded(s.r, padded_rows)).to(w_hh.dtype)
+    d_peephole = w_hh.new_empty(0) if s.d_peephole is None else s.d_peephole
+    no_layer_norm = (w_hh.new_empty(0) for _ in range(2))
+    return (d_gates.reshape(gates_shape), d_w_hh, d_w_hr, s.d_h0.to(h0.dtype), s.d_c0.to(c0.dtype),
+            d_peephole, *no_layer_norm)
