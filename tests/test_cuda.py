@@ -11,6 +11,7 @@ import itertools
 import pytest
 import torch
 from support import LAYER_NORM_BF16_TOLERANCE, assert_same_results, twin_lstms
+from torch import Tensor
 from torch.nn.utils.rnn import pack_sequence
 from triton_support import (
     assert_matches_reference,
@@ -249,3 +250,86 @@ def test_graphed_launches_inside_a_callers_capture_are_recorded_by_it(graph_cach
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
     assert not graph_cache.graphs and not graph_cache.stats
+
+
+# The cooperative kernels (dispatch does not pick them before a GPU run has measured them, so
+# they are forced): every shape spans several unit blocks and, at B = 40, three batch tiles.
+COOPERATIVE_SHAPES = [(128, 0, True, False), (256, 128, False, True), (512, 0, True, True), (1024, 512, False, False)]
+COOPERATIVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@pytest.mark.parametrize("dtype", COOPERATIVE_DTYPES.values(), ids=COOPERATIVE_DTYPES.keys())
+@pytest.mark.parametrize("H,proj,packed,reverse", COOPERATIVE_SHAPES,
+                         ids=[f"H{s[0]}-P{s[1]}-{'packed' if s[2] else 'padded'}-{'rev' if s[3] else 'fwd'}"
+                              for s in COOPERATIVE_SHAPES])
+def test_cooperative_kernels_match_reference(dtype, H, proj, packed, reverse, monkeypatch):
+    case = make_case(T=8, B=40, H=H, proj=proj, packed=packed, reverse=reverse, dtype=dtype, device="cuda", seed=4)
+    assert_matches_reference(run_kernel(case, "cooperative"), run_op(case, "numpy", monkeypatch), dtype)
+
+
+def test_cooperative_kernels_hold_over_a_long_sequence(monkeypatch):
+    """512 steps of per-step barriers: a race or a stale h would grow into a visible error."""
+    case = make_case(T=512, B=64, H=1024, proj=0, packed=False, reverse=False, dtype=torch.bfloat16,
+                     device="cuda", seed=5)
+    assert_matches_reference(run_kernel(case, "cooperative"), run_op(case, "numpy", monkeypatch), torch.bfloat16)
+
+
+@pytest.mark.parametrize("H,proj", [(256, 0), (256, 128)])
+def test_cooperative_per_element_variants_match_reference(H, proj, monkeypatch):
+    case = make_case(T=8, B=40, H=H, proj=proj, packed=True, reverse=True, dtype=torch.float32, device="cuda", seed=6)
+    case = with_variants(case, peephole=True, zoneout="train", cell_clip=0.5, grad_clip=0.05, seed=7)
+    assert_matches_reference(run_kernel(case, "cooperative"), run_op(case, "numpy", monkeypatch), torch.float32)
+
+
+@pytest.mark.parametrize("has_proj", [False, True], ids=["no_proj", "proj"])
+def test_cooperative_both_directions_in_one_launch_equal_two_launches(has_proj):
+    """The direction axis: one launch of D = 2 gives what two launches of D = 1 give."""
+    from torch_lstm_ext.triton_kernels.cooperative_backward import cooperative_backward
+    from torch_lstm_ext.triton_kernels.cooperative_forward import cooperative_forward
+
+    T, B, H = 8, 40, 256
+    P = 128 if has_proj else H
+    gen = torch.Generator().manual_seed(8)
+
+    def randn(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=gen)).cuda()
+
+    gx, h0, c0 = randn(2, T * B, 4 * H), randn(2, B, P), randn(2, B, H)
+    w_hh, w_hr = randn(2, 4 * H, P, scale=P**-0.5), (randn(2, P, H, scale=H**-0.5) if has_proj else None)
+    lengths = torch.randint(1, T + 1, (B,), generator=gen).to(torch.int32).cuda()
+    both = cooperative_forward(gx, w_hh, w_hr, h0, c0, lengths, False)
+    for d in range(2):
+        one = cooperative_forward(gx[d], w_hh[d], None if w_hr is None else w_hr[d], h0[d], c0[d], lengths, d == 1)
+        for name, a, b in zip(("y", "h_n", "c_n", "gates", "cells"), both, one, strict=True):
+            _assert_same_rows(name, d, a[d], b, lengths, T, B)
+    y, _, _, gates, cells = both
+    grad_y, grad_hn, grad_cn = randn(2, T * B, P), randn(2, B, P), randn(2, B, H)
+    both_grads = cooperative_backward(grad_y, grad_hn, grad_cn, w_hh, w_hr, c0, gates, cells, lengths, False)
+    for d in range(2):
+        one_grads = cooperative_backward(grad_y[d], grad_hn[d], grad_cn[d], w_hh[d],
+                                         None if w_hr is None else w_hr[d], c0[d], gates[d], cells[d], lengths, d == 1)
+        for name, a, b in zip(("d_gates", "d_out", "d_h0", "d_c0"), both_grads, one_grads, strict=True):
+            if b is None:
+                assert a is None, name
+            else:
+                _assert_same_rows(name, d, a[d], b, lengths, T, B)
+
+
+def _assert_same_rows(name: str, d: int, got: Tensor, want: Tensor, lengths: Tensor, T: int, B: int) -> None:
+    """got == want on a per-sequence tensor [T*B, F] (only the padded rows t * B + b with
+    t < lengths[b]: the kernels need not write the others) or a state [B, F] (all rows)."""
+    if got.shape[0] == T * B:
+        active = (torch.arange(T, device=lengths.device)[:, None] < lengths[None, :]).reshape(-1)
+        got, want = got[active], want[active]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}[{d}]: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_module_with_cooperative_kernels_matches_cudnn(dtype, monkeypatch):
+    from torch_lstm_ext.triton_kernels import recurrence
+
+    monkeypatch.setattr(recurrence, "choose_kernel", lambda *args: "cooperative")
+    ref, ours = twin_lstms(dtype, input_size=64, hidden_size=256, num_layers=2, bidirectional=True)
+    ref, ours = ref.cuda(), ours.cuda()
+    x = _input(16, 24, 64, True, dtype)
+    assert_same_results(outputs_and_grads_on_device(ref, x), outputs_and_grads_on_device(ours, x), dtype)
