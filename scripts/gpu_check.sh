@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: install the package, run the CUDA tests and the GPU benchmarks.
-# Writes gpu_check.log, cuda_tests.xml, gpu_bench.json, gpu_bench.md and gpu_bench_variants.json
-# (5 files) under $OUT when set, else under scripts/results/. Exit status: 0 when every stage
+# Writes gpu_check.log, cuda_tests.xml, cooperative_tests.xml, gpu_bench.json, gpu_bench.md and
+# gpu_bench_variants.json (6 files) under $OUT when set, else under scripts/results/. Exit status: 0 when every stage
 # passed.
 #
-# Every stage has a timeout, and the limits add up to 460 s, under the 8 minutes one device call
+# Every stage has a timeout, and the limits add up to 480 s, the 8 minutes one device call
 # may take (the machine checks take a few seconds more). Each limit is the stage's time in the
 # H200 runs (scripts/results/gpu_h200/run3) or its estimate, plus a margin:
 #   install            40 s  (4 s in run 3)
-#   cuda-tests        200 s  (140 s in run 3 for 32 tests, most of it compiling; the graph-replay
+#   cuda-tests        180 s  (140 s in run 3 for 32 tests, most of it compiling; the graph-replay
 #                             tests reuse those shapes' kernels: about 20 s more expected)
-#   benchmark         130 s  (gpu_bench.py --grid quick: it stops starting cases once its own
-#                             estimate of the next one passes --time-budget 105; every case it
+#   cooperative-tests  90 s  (the cooperative kernels' CUDA tests, never run yet: their own stage,
+#                             so that a barrier that hangs costs only this stage's results)
+#   benchmark         100 s  (gpu_bench.py --grid quick: it stops starting cases once its own
+#                             estimate of the next one passes --time-budget 80; every case it
 #                             finished is on disk if the limit kills it)
-#   variant-benchmark  90 s  (48 s in run 3)
+#   variant-benchmark  70 s  (48 s in run 3)
 #
 #   bash scripts/gpu_check.sh            (PYTHON=... to pick the interpreter; default: python)
 #   DRY_RUN=1 bash scripts/gpu_check.sh  (on the CPU: no install, the CUDA tests skip, the
@@ -50,17 +52,19 @@ if [ "$dry" = 1 ]; then
     variants=(--dry-run)
 else
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || failed=1
-    bench=(--grid quick --rounds 10 --pass-seconds 3 --time-budget 105)
+    bench=(--grid quick --rounds 10 --pass-seconds 3 --time-budget 80)
     variants=()
 fi
 "$py" -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())" || failed=1
 "$py" -c "import pytest" || echo "!! pytest is not installed: the CUDA test stage will fail"
 
 [ "$dry" = 1 ] || stage install 40 "$py" -m pip install --no-deps --no-build-isolation -e .
-stage cuda-tests 200 "$py" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider -rfEs \
-    --junitxml "$results/cuda_tests.xml"
-stage benchmark 130 "$py" scripts/gpu_bench.py "${bench[@]}" --out "$results"
-stage variant-benchmark 90 "$py" scripts/gpu_bench_variants.py ${variants[@]+"${variants[@]}"} --out "$results"
+stage cuda-tests 180 "$py" -m pytest -q -m cuda tests/test_cuda.py -k "not cooperative" -p no:cacheprovider \
+    -rfEs --junitxml "$results/cuda_tests.xml"
+stage cooperative-tests 90 "$py" -m pytest -q -m cuda tests/test_cuda.py -k cooperative -p no:cacheprovider \
+    -rfEs --junitxml "$results/cooperative_tests.xml"
+stage benchmark 100 "$py" scripts/gpu_bench.py "${bench[@]}" --out "$results"
+stage variant-benchmark 70 "$py" scripts/gpu_bench_variants.py ${variants[@]+"${variants[@]}"} --out "$results"
 
 if [ -n "${OUT:-}" ]; then
     files=$(find "$OUT" -type f | wc -l)

@@ -61,7 +61,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "gpu_check: PASSED" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "cuda_tests.xml", "gpu_bench_dry_run.json", "gpu_bench_dry_run.md", "gpu_bench_variants_dry_run.json",
+        "cooperative_tests.xml", "cuda_tests.xml", "gpu_bench_dry_run.json", "gpu_bench_dry_run.md", "gpu_bench_variants_dry_run.json",
         "gpu_check.log"]
     bench = json.loads((tmp_path / "gpu_bench_dry_run.json").read_text())
     assert {"date", "torch", "triton", "cuda"} <= set(bench["environment"])
