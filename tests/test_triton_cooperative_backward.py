@@ -6,8 +6,8 @@ tiling and the carried state, never the programs' synchronisation, which only a 
 The kernel's outputs are turned into lstm_bwd's the way the whole-sequence side does it (the
 padded rows back to packed ones, one GEMM per weight gradient), then compared with
 assert_matches_reference. Every kernel-written buffer starts NaN-filled (buffers.POISON).
-Shapes span two unit blocks (H = 32 at BLOCK_U = 16, `plan`'s smallest tiles) and, with B = 20,
-two batch tiles of 16 rows, the second partial.
+Shapes span two unit blocks (H = 32 at fp32's BLOCK_U of 16, H = 64 at fp16 / bf16's 32: `plan`'s
+smallest tiles) and, with B = 20, two batch tiles of 16 rows, the second partial.
 """
 
 from __future__ import annotations
@@ -143,9 +143,9 @@ def directions_of(monkeypatch, *, bidirectional: bool = False, variants: dict | 
 def test_float32_matches_numpy(proj, packed, reverse, on_chip, monkeypatch):
     dirs = directions_of(monkeypatch, T=T, B=B, H=H, proj=proj, packed=packed, reverse=reverse,
                          dtype=torch.float32, seed=1)
-    # Streamed in 16-wide chunks: two K steps per gate block.
-    changes = {} if on_chip else dict(block_kh=16, block_kp=16)
-    assert_backward_matches(dirs, run_cooperative(dirs, weights_on_chip=on_chip, **changes), torch.float32)
+    # 16-row weight chunks: two per gate block.
+    config = dict(weights_on_chip=on_chip, block_kh=16, block_kp=16)
+    assert_backward_matches(dirs, run_cooperative(dirs, **config), torch.float32)
 
 
 @pytest.mark.parametrize("proj", [0, 16], ids=["no_proj", "proj"])
@@ -168,6 +168,16 @@ def test_drop_in_for_persistent_backward(proj, monkeypatch):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("T_,B_,H_,proj", [
+    (1, 1, 16, 0),   # one step, one sequence, one program
+    (3, 2, 24, 20),  # H and P not multiples of the tiles: masked edges everywhere
+], ids=["tiny", "ragged"])
+def test_awkward_shapes_match_numpy(T_, B_, H_, proj, monkeypatch):
+    dirs = directions_of(monkeypatch, bidirectional=True, T=T_, B=B_, H=H_, proj=proj, packed=False,
+                         reverse=True, dtype=torch.float32, seed=8)
+    assert_backward_matches(dirs, run_cooperative(dirs), torch.float32)
+
+
 def test_bidirectional_runs_in_one_launch(monkeypatch):
     dirs = directions_of(monkeypatch, bidirectional=True, T=T, B=B, H=H, proj=16, packed=True, reverse=False,
                          dtype=torch.float32, seed=2)
@@ -177,7 +187,7 @@ def test_bidirectional_runs_in_one_launch(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("proj,bidirectional", [(0, True), (16, False)], ids=["bidir", "proj"])
 def test_half_types_match_numpy(dtype, proj, bidirectional, monkeypatch):
-    dirs = directions_of(monkeypatch, bidirectional=bidirectional, T=6, B=B, H=H, proj=proj, packed=True,
+    dirs = directions_of(monkeypatch, bidirectional=bidirectional, T=6, B=B, H=2 * H, proj=proj, packed=True,
                          reverse=True, dtype=dtype, seed=3)
     assert_backward_matches(dirs, run_cooperative(dirs), dtype)
 
@@ -212,17 +222,19 @@ def test_variants_match_numpy(variant, proj, monkeypatch):
     assert_backward_matches(dirs, run_cooperative(dirs), torch.float32)
 
 
-def test_all_variants_bidirectional_on_chip(monkeypatch):
+def test_all_variants_bidirectional_streamed(monkeypatch):
+    # plan() puts these small fp32 slices on chip; the other path, in two chunks per gate block.
     dirs = directions_of(monkeypatch, bidirectional=True, T=4, B=B, H=H, proj=16, packed=True, reverse=False,
                          dtype=torch.float32, seed=5, **VARIANTS["all"])
-    assert_backward_matches(dirs, run_cooperative(dirs, weights_on_chip=True), torch.float32)
+    config = dict(weights_on_chip=False, block_kh=16, block_kp=16)
+    assert_backward_matches(dirs, run_cooperative(dirs, **config), torch.float32)
 
 
 def test_variants_bfloat16_match_numpy(monkeypatch):
     # No clips, as in test_triton_variants.py: a bf16-rounded value can cross a clip's bound for
     # one backend only.
-    dirs = directions_of(monkeypatch, T=5, B=B, H=H, proj=16, packed=True, reverse=True, dtype=torch.bfloat16,
-                         seed=6, variants=dict(peephole=True, zoneout="train"))
+    dirs = directions_of(monkeypatch, T=5, B=B, H=2 * H, proj=16, packed=True, reverse=True,
+                         dtype=torch.bfloat16, seed=6, variants=dict(peephole=True, zoneout="train"))
     assert_backward_matches(dirs, run_cooperative(dirs), torch.bfloat16)
 
 

@@ -2,8 +2,9 @@
 
 persistent_backward.py keeps all of W_hh in one program, which fits only small H. Here the grid
 is (unit blocks, batch tiles, directions): program (j, b, d) owns BLOCK_U hidden units and
-BLOCK_B batch rows of direction d, keeps its slice of the weights on chip (or re-reads it from
-L2 each step, WEIGHTS_ON_CHIP=False) and carries its share of dL/dh and dL/dc in fp32 registers.
+BLOCK_B batch rows of direction d, keeps its slice of the weights on chip (in shared memory, in
+K chunks; or re-reads it from L2 each step, WEIGHTS_ON_CHIP=False) and carries its share of
+dL/dh and dL/dc in fp32 registers; `plan` picks the tiles.
 What crosses programs goes through global memory, into a fresh row block per step, so nothing is
 overwritten while another program may read it; the programs of one batch tile synchronise once
 per step (twice with a projection) through grid_sync's per-step counters.
@@ -29,7 +30,6 @@ and dL/dc through fp32 scratch instead; the launch boundary is the synchronisati
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -70,25 +70,37 @@ def _shared_rows(ptr, rows, row_ok, first, ks, num_cols, width, DOT_DTYPE: tl.co
 
 
 @triton.jit
+def _weight_chunks(w_ptr, cols, num_rows, width, BLOCKS: tl.constexpr, BLOCK_K: tl.constexpr,
+                   DOT_DTYPE: tl.constexpr):
+    """W[k BLOCK_K + arange(BLOCK_K), cols] for k < BLOCKS, a tuple of [BLOCK_K, len(cols)] tiles
+    (the compiler keeps loop-invariant dot operands in shared memory)."""
+    tiles = ()
+    for k in tl.static_range(BLOCKS):
+        ks = k * BLOCK_K + tl.arange(0, BLOCK_K)
+        tiles = tiles + (_weight_cols(w_ptr, 0, ks, cols, num_rows, width, DOT_DTYPE),)
+    return tiles
+
+
+@triton.jit
 def _gate_dot(d_gates_ptr, rows, row_ok, first, ks, w, acc, H: tl.constexpr, DOT_DTYPE: tl.constexpr):
     """acc + d_gates[rows, first + ks] @ w within one gate block: d_gates [*, 4H], w [len(ks), C]."""
     return dot_acc(_shared_rows(d_gates_ptr, rows, row_ok, first, ks, H, 4 * H, DOT_DTYPE), w, acc, DOT_DTYPE)
 
 
 @triton.jit
-def _grad_h_dot(d_gates_ptr, rows, row_ok, w_hh_ptr, cols, w_i, w_f, w_g, w_o, acc,
+def _grad_h_dot(d_gates_ptr, rows, row_ok, w_hh_ptr, cols, w_tiles, acc,
                 H: tl.constexpr, P: tl.constexpr, DOT_DTYPE: tl.constexpr, BLOCK_KH: tl.constexpr,
                 ON_CHIP: tl.constexpr):
     """acc + d_gates[rows, :] @ W_hh[:, cols] ([len(rows), len(cols)] fp32): d_gates [*, 4H] in
-    its storage dtype, W_hh [4H, P]; on chip, w_* are the gate blocks W_hh[gate H + ks, cols]
-    with ks = arange(BLOCK_KH) >= H, else they are streamed in BLOCK_KH chunks."""
+    its storage dtype, W_hh [4H, P], in BLOCK_KH chunks of each gate block; on chip, w_tiles
+    holds them (_weight_chunks of the four gate blocks, gate-major), else they are streamed."""
     if ON_CHIP:
-        # A gate block at a time, so one block of d_gates is live (at large H, most registers).
-        ks = tl.arange(0, BLOCK_KH)
-        acc = _gate_dot(d_gates_ptr, rows, row_ok, 0, ks, w_i, acc, H, DOT_DTYPE)
-        acc = _gate_dot(d_gates_ptr, rows, row_ok, H, ks, w_f, acc, H, DOT_DTYPE)
-        acc = _gate_dot(d_gates_ptr, rows, row_ok, 2 * H, ks, w_g, acc, H, DOT_DTYPE)
-        acc = _gate_dot(d_gates_ptr, rows, row_ok, 3 * H, ks, w_o, acc, H, DOT_DTYPE)
+        CHUNKS: tl.constexpr = (H + BLOCK_KH - 1) // BLOCK_KH
+        for gate in tl.static_range(4):
+            for k in tl.static_range(CHUNKS):
+                ks = k * BLOCK_KH + tl.arange(0, BLOCK_KH)
+                acc = _gate_dot(d_gates_ptr, rows, row_ok, gate * H, ks, w_tiles[gate * CHUNKS + k], acc, H,
+                                DOT_DTYPE)
     else:
         for k0 in range(0, H, BLOCK_KH):
             ks = k0 + tl.arange(0, BLOCK_KH)
@@ -99,22 +111,32 @@ def _grad_h_dot(d_gates_ptr, rows, row_ok, w_hh_ptr, cols, w_i, w_f, w_g, w_o, a
 
 
 @triton.jit
-def _grad_r_dot(d_out_ptr, zh_ptr, rows, row_ok, w_hr_ptr, cols, w_r, acc,
+def _candidate_grad(d_out_ptr, zh_ptr, rows, row_ok, ks, P: tl.constexpr, ZONEOUT_H: tl.constexpr,
+                    DOT_DTYPE: tl.constexpr):
+    """((1 - zh) * d_out)[rows, ks] in DOT_DTYPE: the gradient of the candidate h (before zoneout)."""
+    dh = _shared_rows(d_out_ptr, rows, row_ok, 0, ks, P, P, tl.float32)
+    if ZONEOUT_H:
+        dh *= 1.0 - load_rows(zh_ptr, rows, ks, P, row_ok[:, None] & (ks < P)[None, :])
+    return dh.to(DOT_DTYPE)
+
+
+@triton.jit
+def _grad_r_dot(d_out_ptr, zh_ptr, rows, row_ok, w_hr_ptr, cols, w_tiles, acc,
                 H: tl.constexpr, P: tl.constexpr, ZONEOUT_H: tl.constexpr, DOT_DTYPE: tl.constexpr,
                 BLOCK_KP: tl.constexpr, ON_CHIP: tl.constexpr):
     """acc + ((1 - zh) * d_out)[rows, :] @ W_hr[:, cols] ([len(rows), len(cols)] fp32): d_out
-    [*, P] fp32 (dL/dh_t, written by every program), zh [*, P], W_hr [P, H]; on chip w_r is
-    W_hr[ks, cols] with ks = arange(BLOCK_KP) >= P, else it is streamed in BLOCK_KP chunks."""
-    for k0 in range(0, P, BLOCK_KP):
-        ks = k0 + tl.arange(0, BLOCK_KP)
-        dh = _shared_rows(d_out_ptr, rows, row_ok, 0, ks, P, P, tl.float32)
-        if ZONEOUT_H:
-            dh *= 1.0 - load_rows(zh_ptr, rows, ks, P, row_ok[:, None] & (ks < P)[None, :])
-        if ON_CHIP:
-            w = w_r
-        else:
-            w = _weight_cols(w_hr_ptr, 0, ks, cols, P, H, DOT_DTYPE)
-        acc = dot_acc(dh.to(DOT_DTYPE), w, acc, DOT_DTYPE)
+    [*, P] fp32 (dL/dh_t, written by every program), zh [*, P], W_hr [P, H], in BLOCK_KP chunks;
+    on chip, w_tiles holds them (_weight_chunks), else they are streamed."""
+    if ON_CHIP:
+        for k in tl.static_range((P + BLOCK_KP - 1) // BLOCK_KP):
+            ks = k * BLOCK_KP + tl.arange(0, BLOCK_KP)
+            dh = _candidate_grad(d_out_ptr, zh_ptr, rows, row_ok, ks, P, ZONEOUT_H, DOT_DTYPE)
+            acc = dot_acc(dh, w_tiles[k], acc, DOT_DTYPE)
+    else:
+        for k0 in range(0, P, BLOCK_KP):
+            ks = k0 + tl.arange(0, BLOCK_KP)
+            dh = _candidate_grad(d_out_ptr, zh_ptr, rows, row_ok, ks, P, ZONEOUT_H, DOT_DTYPE)
+            acc = dot_acc(dh, _weight_cols(w_hr_ptr, 0, ks, cols, P, H, DOT_DTYPE), acc, DOT_DTYPE)
     return acc
 
 
@@ -189,19 +211,17 @@ def lstm_cooperative_backward_kernel(
     p_mask = row_ok[:, None] & p_ok[None, :]
     u_mask = row_ok[:, None] & u_ok[None, :]
 
-    w_i = None
-    w_f = None
-    w_g = None
-    w_o = None
-    w_r = None
+    w_hh_tiles = None
+    w_hr_tiles = None
     if WEIGHTS_ON_CHIP:
-        kh = tl.arange(0, BLOCK_KH)
-        w_i = _weight_cols(w_hh_ptr, 0, kh, us, H, P, DOT_DTYPE)
-        w_f = _weight_cols(w_hh_ptr, H, kh, us, H, P, DOT_DTYPE)
-        w_g = _weight_cols(w_hh_ptr, 2 * H, kh, us, H, P, DOT_DTYPE)
-        w_o = _weight_cols(w_hh_ptr, 3 * H, kh, us, H, P, DOT_DTYPE)
+        H_CHUNKS: tl.constexpr = (H + BLOCK_KH - 1) // BLOCK_KH
+        P_CHUNKS: tl.constexpr = (P + BLOCK_KP - 1) // BLOCK_KP
+        w_hh_tiles = ()
+        for gate in tl.static_range(4):
+            gate_tiles = _weight_chunks(w_hh_ptr + gate * H * P, us, H, P, H_CHUNKS, BLOCK_KH, DOT_DTYPE)
+            w_hh_tiles = w_hh_tiles + gate_tiles
         if HAS_PROJ:
-            w_r = _weight_cols(w_hr_ptr, 0, tl.arange(0, BLOCK_KP), us, P, H, DOT_DTYPE)
+            w_hr_tiles = _weight_chunks(w_hr_ptr, us, P, H, P_CHUNKS, BLOCK_KP, DOT_DTYPE)
     if PEEPHOLE:
         w_ci = tl.load(peephole_ptr + us, mask=u_ok, other=0.0).to(tl.float32)[None, :]
         w_cf = tl.load(peephole_ptr + H + us, mask=u_ok, other=0.0).to(tl.float32)[None, :]
@@ -251,7 +271,7 @@ def lstm_cooperative_backward_kernel(
                 t_later = _time(s - 1, T, rev)
                 later_ok = row_ok & (t_later < lengths)
                 dh = _grad_h_dot(d_gates_ptr, seq + t_later * B + rows, later_ok, w_hh_ptr, us,
-                                 w_i, w_f, w_g, w_o, dh, H, P, DOT_DTYPE, BLOCK_KH, WEIGHTS_ON_CHIP)
+                                 w_hh_tiles, dh, H, P, DOT_DTYPE, BLOCK_KH, WEIGHTS_ON_CHIP)
             dh_t = dh + grad_y
             if HAS_PROJ:
                 tl.store(d_out_ptr + out_rows[:, None] * P + us[None, :], dh_t, mask=y_mask)
@@ -266,7 +286,7 @@ def lstm_cooperative_backward_kernel(
             if HAS_PROJ:
                 if not STEP_PER_LAUNCH:
                     wait_for(_counter(counters_ptr, 0, s, T, tile_id, tiles), unit_blocks)
-                dr = _grad_r_dot(d_out_ptr, zh_ptr, out_rows, active, w_hr_ptr, us, w_r,
+                dr = _grad_r_dot(d_out_ptr, zh_ptr, out_rows, active, w_hr_ptr, us, w_hr_tiles,
                                  tl.zeros((BLOCK_B, BLOCK_U), dtype=tl.float32), H, P, ZONEOUT_H,
                                  DOT_DTYPE, BLOCK_KP, WEIGHTS_ON_CHIP)
             elif ZONEOUT_H:
@@ -327,7 +347,7 @@ def lstm_cooperative_backward_kernel(
                 t_later = _time(T - 1, T, rev)
                 later_ok = row_ok & (t_later < lengths)
                 dh = _grad_h_dot(d_gates_ptr, seq + t_later * B + rows, later_ok, w_hh_ptr, us,
-                                 w_i, w_f, w_g, w_o, dh, H, P, DOT_DTYPE, BLOCK_KH, WEIGHTS_ON_CHIP)
+                                 w_hh_tiles, dh, H, P, DOT_DTYPE, BLOCK_KH, WEIGHTS_ON_CHIP)
             tl.store(d_h0_ptr + state_rows[:, None] * P + us[None, :], dh.to(d_h0_ptr.dtype.element_ty),
                      mask=p_mask)
     if DO_B:
@@ -351,51 +371,89 @@ class CooperativePlan(NamedTuple):
 
     block_u: int  # hidden units (and columns of P) per program
     block_b: int  # batch rows per program
-    block_kh: int  # K tile of the W_hh dot: the whole padded H on chip, else a streamed chunk
-    block_kp: int  # K tile of the W_hr dot, likewise for P
+    block_kh: int  # K chunk of the W_hh dot (rows of one gate block per chunk)
+    block_kp: int  # K chunk of the W_hr dot
     num_warps: int
+    max_registers: int | None  # the maxnreg launch option (None: ptxas's default)
     weights_on_chip: bool
     grid: tuple[int, int, int]  # (unit blocks, batch tiles, directions)
 
 
-MIN_BLOCK = 16  # tl.dot's minimum M, N and K on the GPU
-MAX_BLOCK_B = 64
-MAX_BLOCK_U = 128
-STREAM_BLOCK_K = 64
-ON_CHIP_BYTES = {torch.float32: 16 * 1024, torch.float16: 64 * 1024, torch.bfloat16: 64 * 1024}
+BATCH_TILE = 16  # rows per program: tl.dot's minimum M (larger tiles spill, see `plan`)
+MAX_BLOCK_U = 64
+BLOCK_K = 32
+# fp32 streams its weights in narrower chunks: its FMA dot's operands take more registers, and
+# 8-warp programs spill at 32 (H = 1024, BLOCK_U 32: 8 bytes; at 16: none).
+STREAMED_FP32_BLOCK_K = 16
+# Weight-slice bytes per program up to which they stay on chip without spills (see `plan`).
+ON_CHIP_BYTES = {torch.float32: 80 * 1024, torch.float16: 32 * 1024, torch.bfloat16: 32 * 1024}
+# One program per SM is all a grid of at most sm_count programs needs, so ptxas may take every
+# register: left alone, it caps 8-warp programs at 128 and spills (fp32 H = 1024, P = 512,
+# BLOCK_U 32: 36 bytes; at 255: none). At 4 warps the cap is 255 already, and setting it
+# anyway makes ptxas spill (fp32 H = 256 on chip: 28 bytes at 255 registers, none at 144).
+MAX_REGISTERS_8_WARPS = 255
 
 
 def on_chip_bytes(H: int, P: int, has_proj: bool, block_u: int, dtype: torch.dtype) -> int:
-    """Bytes of one program's weight slices: W_hh[:, cols] as 4 gate blocks of the padded H,
-    plus W_hr[:, units] over the padded P with a projection."""
-    rows = 4 * feature_block(H) + (feature_block(P) if has_proj else 0)
+    """Shared memory of one program's weight slices: W_hh[:, cols] (4H rows), plus W_hr[:, units]
+    (P rows) with a projection, in BLOCK_K-row chunks."""
+    rows = 4 * triton.cdiv(H, BLOCK_K) * BLOCK_K + (triton.cdiv(P, BLOCK_K) * BLOCK_K if has_proj else 0)
     return rows * block_u * dtype.itemsize
 
 
 def plan(H: int, P: int, B: int, dtype: torch.dtype, directions: int,
          sm_count: int) -> CooperativePlan | None:
-    """The cooperative backward's configuration for hidden size H, output size P (P < H: a
-    projection), batch B, storage dtype, 1 or 2 directions and an SM count; None when no grid
-    of one program per SM covers the shape (the per-step kernels then run it)."""
+    """The configuration for hidden size H, output size P (a projection exactly when P != H:
+    nn.LSTM's proj_size < hidden_size), batch B, storage dtype, 1 or 2 directions, on a GPU with
+    sm_count SMs; None when no grid of at most sm_count programs fits (every program must be
+    resident at once, and one per SM always is).
+
+    The rule: 16 batch rows per program (BATCH_TILE); BLOCK_U the smallest power of two from
+    32 (fp16 / bf16) or 16 (fp32) up to MAX_BLOCK_U whose grid has at most sm_count programs;
+    4 warps, 8 from BLOCK_U 64 (fp16 / bf16) or 32 (fp32), those with maxnreg 255; the weight
+    slices on chip when they take at most ON_CHIP_BYTES, else streamed from L2 each step in
+    BLOCK_K-row chunks (STREAMED_FP32_BLOCK_K for fp32). A program takes at most 255 registers x
+    8 warps and 74 KiB of shared memory, so every SM holds one: a grid of at most sm_count
+    programs is resident.
+
+    Why, from ptxas for sm_90a (tests/test_cooperative_backward_compile.py compiles every
+    configuration this returns for H in {128, 256, 512, 1024}, P = H or H / 2, B in {16, 64}, 1 or
+    2 directions, fp32 / fp16 / bf16, plain and with every per-element variant on; registers /
+    spill bytes / shared memory, plain (variants); ptxas takes registers up to its cap, the spills
+    are what matter):
+    - 16-bit tensor-core tiles of [16, 16] over 4 warps are the same tile in every warp (the MMA
+      layout does not split M = 16): 4x the registers per tile, 3 warps repeating the first one's
+      work; [16, 32] splits over the 4 warps (bf16 H = P = 256 streamed: 168 registers against
+      252). More rows spill (H = 256, K chunks of 64, 4 warps): bf16 32 x 32 432 bytes, 64 x 16
+      484 bytes; fp32 32 x 16, 48 bytes.
+    - on chip (the compiler allocates the loop-invariant weight tiles in shared memory once):
+      fp32 H = P = 256, BLOCK_U 16 (64 KiB): 144 (146) / 0 / 66 KiB; fp32 H = 256, P = 128
+      (72 KiB): 154 (196) / 0 / 74 KiB; bf16 H = P = 128, BLOCK_U 32 (32 KiB): 182 (255) / 0 /
+      34 KiB. Past the budgets: bf16 H = 128, P = 64 (34 KiB) spills 4 bytes with the variants;
+      bf16 H = P = 256 (64 KiB) 0 (36); bf16 H = 256, P = 128: 28 (48); fp32 H = P = 512 (128 KiB)
+      none plain, but its 64 unrolled chunks take 79 s to compile.
+    - streamed: at most 255 (255) / 0 / 5 KiB, e.g. bf16 H = P = 1024, BLOCK_U 64, 8 warps:
+      224 (252) / 0 / 5 KiB; fp32 H = P = 1024, BLOCK_U 16: 80 (90) / 0 / 2 KiB.
+    None of this is timed: whether 16-row tiles (the programs of every tile stream all of W_hh
+    each step, so B = 64 reads it four times) are the fastest spill-free choice is for a GPU
+    benchmark to show.
+    """
+    if directions not in (1, 2):
+        raise ValueError(f"directions must be 1 or 2, not {directions}")
     has_proj = P != H
-    block_u, block_b = MIN_BLOCK, MIN_BLOCK
-    largest_b = min(MAX_BLOCK_B, max(MIN_BLOCK, triton.next_power_of_2(B)))
-
-    def grid(block_u: int, block_b: int) -> tuple[int, int, int]:
-        return triton.cdiv(H, block_u), triton.cdiv(B, block_b), directions
-
-    while math.prod(grid(block_u, block_b)) > sm_count:
-        if block_b < largest_b and block_b <= block_u:
-            block_b *= 2
-        elif block_u < MAX_BLOCK_U:
-            block_u *= 2
-        else:
-            return None
+    half = dtype != torch.float32
+    batch_tiles = triton.cdiv(B, BATCH_TILE)
+    smallest = 32 if half else 16
+    block_u = max(smallest, triton.next_power_of_2(triton.cdiv(H * batch_tiles * directions, sm_count)))
+    if block_u > MAX_BLOCK_U:
+        return None
+    num_warps = block_u // 8 if half else (4 if block_u == 16 else 8)
     on_chip = on_chip_bytes(H, P, has_proj, block_u, dtype) <= ON_CHIP_BYTES[dtype]
-    block_kh, block_kp = feature_block(H), feature_block(P)
-    if not on_chip:
-        block_kh, block_kp = min(block_kh, STREAM_BLOCK_K), min(block_kp, STREAM_BLOCK_K)
-    return CooperativePlan(block_u, block_b, block_kh, block_kp, 4, on_chip, grid(block_u, block_b))
+    grid = (triton.cdiv(H, block_u), batch_tiles, directions)
+    block_k = BLOCK_K if half or on_chip else STREAMED_FP32_BLOCK_K
+    block_kh, block_kp = min(block_k, feature_block(H)), min(block_k, feature_block(P))
+    max_registers = MAX_REGISTERS_8_WARPS if num_warps == 8 else None
+    return CooperativePlan(block_u, BATCH_TILE, block_kh, block_kp, num_warps, max_registers, on_chip, grid)
 
 
 def _sm_count(device: torch.device) -> int:
@@ -526,6 +584,7 @@ def _launch(grad_y, grad_hn, grad_cn, w_hh, w_hr, c0, lengths, gates, cells, v: 
         DOT_DTYPE=dot_dtype(grad_y.dtype), BLOCK_B=config.block_b, BLOCK_U=config.block_u,
         BLOCK_KH=config.block_kh, BLOCK_KP=config.block_kp, STORE_R=r is not None,
         WEIGHTS_ON_CHIP=config.weights_on_chip, num_warps=config.num_warps, num_stages=1,
+        maxnreg=config.max_registers,
     )
     kernel = lstm_cooperative_backward_kernel
     if not step_mode:
