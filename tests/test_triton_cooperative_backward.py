@@ -27,6 +27,7 @@ from triton_support import Case, assert_matches_reference, make_case, run_op, wi
 
 from torch_lstm_ext.triton_kernels import buffers
 from torch_lstm_ext.triton_kernels.cooperative_backward import (
+    INTERPRETER_SMS,
     cooperative_backward,
     cooperative_variant_backward,
     plan,
@@ -99,13 +100,10 @@ def run_cooperative(directions: list[Direction], **config_changes) -> list[tuple
     first = directions[0]
     P, H = first.h0.shape[1], first.c0.shape[1]
     dtype = first.padded["grad_y"].dtype
-    config = plan(H, P, first.B, dtype, len(directions), 132)._replace(**config_changes)
-    peephole, _, _, _, _, cell_clip = first.case.variants
+    config = plan(H, P, first.B, dtype, len(directions), INTERPRETER_SMS)._replace(**config_changes)
     v = Variants(_stack([d.case.variants[0] for d in directions]), None, None,
                  _stack([d.padded["zoneout_c"] for d in directions]),
-                 _stack([d.padded["zoneout_h"] for d in directions]), cell_clip, first.case.grad_clip)
-    if first.case.variants[0] is None:
-        v = v._replace(peephole=None)
+                 _stack([d.padded["zoneout_h"] for d in directions]), first.case.variants[5], first.case.grad_clip)
     grads = cooperative_variant_backward(
         *(_stack([d.padded["grad_y"] for d in directions]),
           _stack([d.grad_hn for d in directions]), _stack([d.grad_cn for d in directions]),

@@ -305,25 +305,23 @@ def lstm_cooperative_backward_kernel(
                 acc_co += d_o * c
             if CELL_CLIP:
                 dc_cand = tl.where(tl.abs(c_raw) <= cell_clip, dc_cand, 0.0)
-            # Rounded to the storage dtype before anything reads them (the next step's dot reads
-            # them back from there, as in the per-step kernels).
+            d_i = _clip(dc_cand * g * i * (1.0 - i), grad_clip, GRAD_CLIP)
+            d_f = _clip(dc_cand * c_prev * f * (1.0 - f), grad_clip, GRAD_CLIP)
+            d_g = _clip(dc_cand * i * (1.0 - g * g), grad_clip, GRAD_CLIP)
+            # Stored in the storage dtype, from which the next step's dot reads them back (as in
+            # the per-step kernels); the peephole terms take them unrounded, as
+            # variant_step_backward.py does.
             out_dtype = d_gates_ptr.dtype.element_ty
-            d_i = _clip(dc_cand * g * i * (1.0 - i), grad_clip, GRAD_CLIP).to(out_dtype)
-            d_f = _clip(dc_cand * c_prev * f * (1.0 - f), grad_clip, GRAD_CLIP).to(out_dtype)
-            d_g = _clip(dc_cand * i * (1.0 - g * g), grad_clip, GRAD_CLIP).to(out_dtype)
             d_gate_ptrs = d_gates_ptr + out_rows[:, None] * G + us[None, :]
-            tl.store(d_gate_ptrs, d_i, mask=mask)
-            tl.store(d_gate_ptrs + H, d_f, mask=mask)
-            tl.store(d_gate_ptrs + 2 * H, d_g, mask=mask)
+            tl.store(d_gate_ptrs, d_i.to(out_dtype), mask=mask)
+            tl.store(d_gate_ptrs + H, d_f.to(out_dtype), mask=mask)
+            tl.store(d_gate_ptrs + 2 * H, d_g.to(out_dtype), mask=mask)
             tl.store(d_gate_ptrs + 3 * H, d_o.to(out_dtype), mask=mask)
             dc_prev = dc_cand * f
             if PEEPHOLE:
-                # The unrounded gradients, as variant_step_backward.py sums them.
-                d_pi = _clip(dc_cand * g * i * (1.0 - i), grad_clip, GRAD_CLIP)
-                d_pf = _clip(dc_cand * c_prev * f * (1.0 - f), grad_clip, GRAD_CLIP)
-                dc_prev += d_pi * w_ci + d_pf * w_cf
-                acc_ci += d_pi * c_prev
-                acc_cf += d_pf * c_prev
+                dc_prev += d_i * w_ci + d_f * w_cf
+                acc_ci += d_i * c_prev
+                acc_cf += d_f * c_prev
             if ZONEOUT_C:
                 dc_prev += dc * m_c
             dc = tl.where(active[:, None], dc_prev, dc)
@@ -456,11 +454,14 @@ def plan(H: int, P: int, B: int, dtype: torch.dtype, directions: int,
     return CooperativePlan(block_u, BATCH_TILE, block_kh, block_kp, num_warps, max_registers, on_chip, grid)
 
 
+INTERPRETER_SMS = 132  # what the interpreter plans for: an H200's SMs
+
+
 def _sm_count(device: torch.device) -> int:
-    """SMs the grid must fit on: the device's; the interpreter plans for an H200's 132."""
+    """SMs the grid must fit on: the device's, or INTERPRETER_SMS off a GPU."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
-    return 132
+    return INTERPRETER_SMS
 
 
 class CooperativeGrads(NamedTuple):
@@ -491,8 +492,11 @@ def cooperative_variant_backward(
     leading axis: peephole [D, 3, H], zoneout_c [D, T*B, H], zoneout_h [D, T*B, P].
     Returns d_gates [D, T*B, 4H] (grad_y's dtype; the clipped gate pre-activation gradients),
     d_out [D, T*B, P] fp32 (dL/dh_t; projection only), r [D, T*B, H] fp32 (o * tanh(c~), which
-    dW_hr = ((1 - zoneout_h) * d_out)^T @ r multiplies; projection only), d_h0 [D, B, P] (grad_hn's
-    dtype), d_c0 [D, B, H] (grad_cn's dtype), d_peephole [D, 3, H] (w_hh's dtype; None when off).
+    dW_hr = ((1 - zoneout_h) * d_out)^T @ r multiplies; with a projection and a variant on only:
+    otherwise it is o * tanh(cells), which the caller has), d_h0 [D, B, P] (grad_hn's dtype),
+    d_c0 [D, B, H] (grad_cn's dtype), d_peephole [D, 3, H] (w_hh's dtype; None when off). With
+    d_gates and the previous h of each row, these are variant_backward.py's results: dW_hh =
+    d_gates^T @ h_prev, no layer-norm gradients.
     Rows past a sequence's length in d_gates, d_out and r are left unwritten.
     config: `plan`'s, unless a test forces another.
     """
@@ -517,7 +521,7 @@ def cooperative_variant_backward(
         raise ValueError(f"no cooperative grid fits H={H}, P={P}, B={B}, {D} direction(s) on this GPU")
     d_gates = kernel_output((D, N, G), grad_y.dtype, device)
     d_out = kernel_output((D, N, P), torch.float32, device) if has_proj else None
-    r = kernel_output((D, N, H), torch.float32, device) if has_proj else None
+    r = kernel_output((D, N, H), torch.float32, device) if has_proj and v.on else None
     d_h0 = kernel_output((D, B, P), grad_hn.dtype, device)
     d_c0 = kernel_output((D, B, H), grad_cn.dtype, device)
     d_peephole = None
