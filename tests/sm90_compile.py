@@ -89,3 +89,59 @@ def compile_for_sm90(kernel, dtype: torch.dtype, constexprs: dict, num_warps: in
     registers = int(re.search(r"Used (\d+) registers", report).group(1))
     spills = int(re.search(r"(\d+) bytes spill stores", report).group(1))
     return Sm90Build(registers, spills, compiled.metadata.shared, num_warps)
+
+
+# --- The cooperative kernels' compile checks (tests/test_cooperative_*compile.py) -------------
+
+# Shared memory one block may use on compute capability 9.0 (of the SM's 228 KiB).
+MAX_BLOCK_SHARED = 227 * 1024
+COOPERATIVE_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# H, and P = H or P = H / 2 with a projection; batch sizes; 1 or 2 directions.
+COOPERATIVE_SHAPES = [(H, P) for H in (128, 256, 512, 1024) for P in (H, H // 2)]
+COOPERATIVE_BATCHES = (16, 64)
+
+
+def planned_cases(plan):
+    """(H, P, B, dtype, directions, plan(...)) of every shape the cooperative checks cover."""
+    for dtype in COOPERATIVE_DTYPES:
+        for H, P in COOPERATIVE_SHAPES:
+            for B in COOPERATIVE_BATCHES:
+                for directions in (1, 2):
+                    yield H, P, B, dtype, directions, plan(H, P, B, dtype, directions, H200_SMS.count)
+
+
+def compile_in_pool(build, keys) -> dict:
+    """{key: build(key)} for every key, compiled in parallel worker processes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    keys = sorted(keys)
+    # spawn: a forked child would inherit torch's thread pools mid-use.
+    with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return dict(zip(keys, pool.map(build, keys), strict=True))
+
+
+def launch_failures(cases, builds: dict, key) -> list[str]:
+    """What keeps each planned case from launching safely: no plan, spills, shared memory past
+    one block's share, or a grid whose programs cannot all be resident (its barrier would hang).
+    key(H, P, dtype, config, variants) names the case's build in `builds`."""
+    import math
+
+    from torch_lstm_ext.triton_kernels.grid_sync import resident_programs
+
+    failures = []
+    for H, P, B, dtype, directions, config in cases:
+        case = f"H={H} P={P} B={B} {COOPERATIVE_DTYPES[dtype]} D={directions}"
+        if config is None:
+            failures.append(f"{case}: no plan")
+            continue
+        for variants in (False, True):
+            build = builds[key(H, P, dtype, config, variants)]
+            where = f"{case} variants={variants} {config}: {build}"
+            if build.spills:
+                failures.append(f"{where}: {build.spills} bytes spilled")
+            if build.shared_bytes > MAX_BLOCK_SHARED:
+                failures.append(f"{where}: shared memory over {MAX_BLOCK_SHARED} bytes")
+            if resident_programs(build.footprint, H200_SMS) < math.prod(config.grid):
+                failures.append(f"{where}: grid not resident")
+    return failures

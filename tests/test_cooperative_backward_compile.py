@@ -12,9 +12,7 @@ and where Triton's bundled ptxas is missing.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
@@ -22,22 +20,27 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     pytest.skip("compiles the kernels, which TRITON_INTERPRET=1 replaces", allow_module_level=True)
 
 import torch
-from sm90_compile import H200_SMS, PTXAS, TL_DTYPE, Sm90Build, compile_for_sm90
+from sm90_compile import (
+    COOPERATIVE_DTYPES,
+    H200_SMS,
+    PTXAS,
+    TL_DTYPE,
+    Sm90Build,
+    compile_for_sm90,
+    compile_in_pool,
+    launch_failures,
+    planned_cases,
+)
 
 from torch_lstm_ext.triton_kernels.cooperative_backward import (
     CooperativePlan,
     lstm_cooperative_backward_kernel,
     plan,
 )
-from torch_lstm_ext.triton_kernels.grid_sync import resident_programs
 
 pytestmark = pytest.mark.skipif(not PTXAS.exists(), reason="Triton's bundled ptxas is missing")
 
-# Shared memory one block may use on compute capability 9.0 (of the SM's 228 KiB).
-MAX_BLOCK_SHARED = 227 * 1024
-DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-SHAPES = [(H, P) for H in (128, 256, 512, 1024) for P in (H, H // 2)]
-BATCHES = (16, 64)
+DTYPES = COOPERATIVE_DTYPES
 VARIANT_FLAGS = ("PEEPHOLE", "ZONEOUT_C", "ZONEOUT_H", "CELL_CLIP", "GRAD_CLIP")
 
 
@@ -60,40 +63,19 @@ def _build(key: tuple) -> Sm90Build:
 
 
 def _cases():
-    """(H, P, B, dtype, directions, plan) of every shape the test covers."""
-    for dtype in DTYPES:
-        for H, P in SHAPES:
-            for B in BATCHES:
-                for directions in (1, 2):
-                    yield H, P, B, dtype, directions, plan(H, P, B, dtype, directions, H200_SMS.count)
+    return planned_cases(plan)
 
 
 @pytest.fixture(scope="module")
 def builds() -> dict[tuple, Sm90Build]:
     """Every distinct configuration's build, plain and with the variants, compiled in parallel."""
-    keys = sorted({_key(H, P, dtype, config, variants) for H, P, _, dtype, _, config in _cases()
-                   if config is not None for variants in (False, True)})
-    # spawn: a forked child would inherit torch's thread pools mid-use.
-    with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as pool:
-        return dict(zip(keys, pool.map(_build, keys), strict=True))
+    keys = {_key(H, P, dtype, config, variants) for H, P, _, dtype, _, config in _cases()
+            if config is not None for variants in (False, True)}
+    return compile_in_pool(_build, keys)
 
 
 def test_every_planned_configuration_compiles_without_spills_and_is_resident(builds):
-    failures = []
-    for H, P, B, dtype, directions, config in _cases():
-        case = f"H={H} P={P} B={B} {DTYPES[dtype]} D={directions}"
-        if config is None:
-            failures.append(f"{case}: no plan")
-            continue
-        for variants in (False, True):
-            build = builds[_key(H, P, dtype, config, variants)]
-            where = f"{case} variants={variants} {config}: {build}"
-            if build.spills:
-                failures.append(f"{where}: {build.spills} bytes spilled")
-            if build.shared_bytes > MAX_BLOCK_SHARED:
-                failures.append(f"{where}: shared memory over {MAX_BLOCK_SHARED} bytes")
-            if resident_programs(build.footprint, H200_SMS) < math.prod(config.grid):
-                failures.append(f"{where}: grid not resident")
+    failures = launch_failures(_cases(), builds, _key)
     assert not failures, "\n".join(failures)
 
 
