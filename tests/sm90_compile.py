@@ -110,7 +110,15 @@ def planned_cases(plan):
                     yield H, P, B, dtype, directions, plan(H, P, B, dtype, directions, H200_SMS.count)
 
 
-def compile_in_pool(build, keys) -> dict:
+def planned_builds(plan, key, build) -> dict:
+    """{key(...): build(key(...))} for every covered case's plan, plain and with its variants on,
+    each distinct key compiled once in parallel worker processes."""
+    keys = {key(H, P, dtype, config, variants) for H, P, _, dtype, _, config in planned_cases(plan)
+            if config is not None for variants in (False, True)}
+    return _compile_in_pool(build, keys)
+
+
+def _compile_in_pool(build, keys) -> dict:
     """{key: build(key)} for every key, compiled in parallel worker processes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor

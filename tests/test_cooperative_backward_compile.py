@@ -27,8 +27,8 @@ from sm90_compile import (
     TL_DTYPE,
     Sm90Build,
     compile_for_sm90,
-    compile_in_pool,
     launch_failures,
+    planned_builds,
     planned_cases,
 )
 
@@ -69,9 +69,7 @@ def _cases():
 @pytest.fixture(scope="module")
 def builds() -> dict[tuple, Sm90Build]:
     """Every distinct configuration's build, plain and with the variants, compiled in parallel."""
-    keys = {_key(H, P, dtype, config, variants) for H, P, _, dtype, _, config in _cases()
-            if config is not None for variants in (False, True)}
-    return compile_in_pool(_build, keys)
+    return planned_builds(plan, _key, _build)
 
 
 def test_every_planned_configuration_compiles_without_spills_and_is_resident(builds):
