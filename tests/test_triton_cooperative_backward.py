@@ -34,7 +34,7 @@ from torch_lstm_ext.triton_kernels.cooperative_backward import (
 )
 from torch_lstm_ext.triton_kernels.layout import Layout
 from torch_lstm_ext.triton_kernels.persistent_backward import persistent_backward
-from torch_lstm_ext.triton_kernels.variant_args import Variants
+from torch_lstm_ext.params import Variants
 
 pytestmark = pytest.mark.interpreter
 

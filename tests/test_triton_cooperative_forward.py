@@ -32,7 +32,7 @@ from torch_lstm_ext.triton_kernels import buffers
 from torch_lstm_ext.triton_kernels.cooperative_forward import ForwardPlan, cooperative_forward, plan
 from torch_lstm_ext.triton_kernels.layout import Layout
 from torch_lstm_ext.triton_kernels.persistent_forward import persistent_forward
-from torch_lstm_ext.triton_kernels.variant_args import Variants
+from torch_lstm_ext.params import Variants
 
 pytestmark = pytest.mark.interpreter
 

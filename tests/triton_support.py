@@ -18,7 +18,7 @@ from torch_lstm_ext.triton_kernels import step_graphs
 from torch_lstm_ext.triton_kernels.layout import Layout, device_index
 from torch_lstm_ext.triton_kernels.step_backward import step_backward
 from torch_lstm_ext.triton_kernels.step_forward import step_forward
-from torch_lstm_ext.triton_kernels.variant_args import Variants
+from torch_lstm_ext.params import Variants
 from torch_lstm_ext.triton_kernels.variant_backward import variant_backward
 from torch_lstm_ext.triton_kernels.variant_step_forward import variant_step_forward
 

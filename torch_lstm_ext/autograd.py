@@ -1,103 +1,143 @@
-"""LSTMFunction: the autograd.Function around the lstm_fwd / lstm_bwd custom ops."""
+"""LSTMFunction, the autograd.Function around the lstm_fwd / lstm_bwd ops, and the ops' own
+autograd and vmap registrations, which share its backward.
+
+Two entries, one backward:
+- `LSTMFunction.apply` is what the module runs (eager, torch.compile, torch.func);
+- the lstm_fwd op itself is differentiable too (`torch.library.register_autograd`), so a graph
+  that holds the bare op, such as an exported program's `ep.module()`, trains.
+Both save the same tensors (`_save`) and compute gradients in `_gradients`: the lstm_bwd op, or,
+when a graph of the gradient is wanted (`create_graph=True`, torch.func), autograd through the
+differentiable recurrence.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-import torch_lstm_ext.ops  # noqa: F401  (registers torch.ops.torch_lstm_ext.*)
-from torch_lstm_ext.torch_recurrence import lstm_recurrence
+import torch_lstm_ext.ops  # noqa: F401  (defines torch.ops.torch_lstm_ext.*)
+from torch_lstm_ext.batching import lstm_bwd_rule, lstm_fwd_rule
+from torch_lstm_ext.differentiable_recurrence import lstm_recurrence
+from torch_lstm_ext.params import RecurrenceGrads, RecurrenceParams
 
-# Positions in LSTMFunction.apply's arguments.
-_TENSOR_INPUTS = (0, 1, 2, 3, 4, 7, 8, 9)  # gates_x, w_hh, w_hr, h0, c0, peephole, ln_hh, ln_c
+# LSTMFunction.apply's arguments before the params' tensors: gates_x, h0, c0, param_names,
+# batch_sizes, reverse, cell_clip, grad_clip.
+_LEADING_ARGS = 8
+
+
+def _save(ctx, gates_x: Tensor, h0: Tensor, c0: Tensor, p: RecurrenceParams, batch_sizes: Tensor | None,
+          reverse: bool, outputs) -> None:
+    y, _, _, gates, cells = outputs
+    tensors, ctx.param_names = p.op_args()
+    ctx.save_for_backward(gates_x, h0, c0, batch_sizes, y, gates, cells, *tensors)
+    ctx.reverse, ctx.cell_clip, ctx.grad_clip = reverse, p.variants.cell_clip, p.variants.grad_clip
+
+
+def _gradients(ctx, grad_y: Tensor, grad_hn: Tensor, grad_cn: Tensor) -> RecurrenceGrads:
+    """The gradients of one lstm_fwd call, from what _save kept."""
+    gates_x, h0, c0, batch_sizes, y, gates, cells, *tensors = ctx.saved_tensors
+    p = RecurrenceParams.from_op(tensors, ctx.param_names, ctx.cell_clip, ctx.grad_clip)
+    if torch.is_grad_enabled():
+        return _differentiable_gradients(gates_x, h0, c0, p, batch_sizes, ctx.reverse, (grad_y, grad_hn, grad_cn))
+    outputs = torch.ops.torch_lstm_ext.lstm_bwd(
+        grad_y.contiguous(), grad_hn.contiguous(), grad_cn.contiguous(), h0, c0, tensors, ctx.param_names,
+        batch_sizes, ctx.reverse, y, gates, cells, p.variants.cell_clip, p.variants.grad_clip,
+    )
+    return RecurrenceGrads.from_op(outputs, p)
+
+
+def _param_grads(g: RecurrenceGrads, names) -> list[Tensor | None]:
+    """One gradient per tensor of the op's params (None for the zoneout weights)."""
+    return [getattr(g, name, None) for name in names]
+
+
+def _differentiable_gradients(gates_x: Tensor, h0: Tensor, c0: Tensor, p: RecurrenceParams,
+                              batch_sizes: Tensor | None, reverse: bool, grads: tuple) -> RecurrenceGrads:
+    """The gradients as a graph (create_graph=True, torch.func), through the differentiable
+    recurrence. torch.func.vjp rather than autograd.grad: it nests inside the torch.func
+    transforms too (autograd.grad inside a backward sees no graph under torch.func.vjp and
+    returned zeros), and under plain autograd its results are differentiable as well. The
+    zoneout weights are masks or constants and get no gradient."""
+    v = p.variants
+    inputs = RecurrenceGrads(gates_x, h0, c0, p.w_hh, p.w_hr, v.peephole, v.ln_hh, v.ln_c)
+    present = {name: t for name, t in zip(inputs._fields, inputs) if t is not None}
+
+    def recurrence(tensors: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        t = inputs._replace(**tensors)
+        params = RecurrenceParams(t.w_hh, t.w_hr, v._replace(peephole=t.peephole, ln_hh=t.ln_hh, ln_c=t.ln_c))
+        return lstm_recurrence(t.gates_x, t.h0, t.c0, params, batch_sizes, reverse)
+
+    with torch.enable_grad():
+        _, pullback = torch.func.vjp(recurrence, present)
+        (found,) = pullback(tuple(grads))
+    return RecurrenceGrads(*(found.get(name) for name in inputs._fields))
 
 
 class LSTMFunction(torch.autograd.Function):
     """One layer, one direction of the recurrence.
 
-    apply(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse, peephole, ln_hh_weight, ln_c,
-    zoneout_c, zoneout_h, cell_clip, grad_clip) -> (y, h_n, c_n), with the shapes of `ops.py`
-    (variant arguments None when off). Gradients flow to gates_x, w_hh, w_hr, h0, c0 and the
-    variant parameters; the input projection's weights get theirs through gates_x, and the
+    apply(gates_x, h0, c0, param_names, batch_sizes, reverse, cell_clip, grad_clip, *params)
+        -> (y, h_n, c_n, gates, cells)
+    with the ops' shapes and (params, param_names) = RecurrenceParams.op_args() (ops.py). gates and cells are
+    what the backward keeps (not differentiable). Gradients flow to gates_x, h0, c0 and the
+    weights in params; the input projection's weights get theirs through gates_x, and the
     zoneout weights get none.
     """
 
     @staticmethod
-    def forward(ctx, gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse, *variants):
-        # Variant arguments may be left out; backward returns one gradient per argument given.
-        ctx.num_args = 7 + len(variants)
-        variants = variants + (None,) * (7 - len(variants))
-        peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h, cell_clip, grad_clip = variants
-        y, h_n, c_n, gates, cells = torch.ops.torch_lstm_ext.lstm_fwd(
-            gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse, peephole, ln_hh_weight, ln_c,
-            zoneout_c, zoneout_h, cell_clip,
-        )
-        ctx.save_for_backward(gates_x, w_hh, w_hr, h0, c0, batch_sizes, y, gates, cells,
-                              peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h)
-        ctx.reverse, ctx.cell_clip, ctx.grad_clip = reverse, cell_clip, grad_clip
-        return y, h_n, c_n
+    def forward(gates_x, h0, c0, param_names, batch_sizes, reverse, cell_clip, grad_clip, *params):
+        return torch.ops.torch_lstm_ext.lstm_fwd(gates_x, h0, c0, list(params), list(param_names), batch_sizes,
+                                                 reverse, cell_clip, grad_clip)
 
     @staticmethod
-    def backward(ctx, grad_y, grad_hn, grad_cn):
-        (gates_x, w_hh, w_hr, h0, c0, batch_sizes, y, gates, cells,
-         peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h) = ctx.saved_tensors
-        variants = (peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h, ctx.cell_clip, ctx.grad_clip)
-        if torch.is_grad_enabled():
-            inputs = (gates_x, w_hh, w_hr, h0, c0, batch_sizes, ctx.reverse, *variants)
-            return _differentiable_backward(ctx, inputs, (grad_y, grad_hn, grad_cn))[: ctx.num_args]
-        grads = torch.ops.torch_lstm_ext.lstm_bwd(
-            grad_y.contiguous(), grad_hn.contiguous(), grad_cn.contiguous(),
-            w_hh, w_hr, h0, c0, batch_sizes, ctx.reverse, y, gates, cells, *variants,
-        )
-        d_gates_x, d_w_hh, d_w_hr, d_h0, d_c0, d_peephole, d_ln_hh, d_ln_c = grads
-        return (
-            d_gates_x, d_w_hh, d_w_hr if w_hr is not None else None, d_h0, d_c0, None, None,
-            d_peephole if peephole is not None else None,
-            d_ln_hh if ln_hh_weight is not None else None,
-            d_ln_c if ln_c is not None else None,
-            None, None, None, None,
-        )[: ctx.num_args]
+    def setup_context(ctx, inputs, output):
+        gates_x, h0, c0, names, batch_sizes, reverse, cell_clip, grad_clip, *params = inputs
+        _save(ctx, gates_x, h0, c0, RecurrenceParams.from_op(params, names, cell_clip, grad_clip), batch_sizes,
+              reverse, output)
+        ctx.mark_non_differentiable(output[3], output[4])
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_hn, grad_cn, _grad_gates, _grad_cells):
+        g = _gradients(ctx, grad_y, grad_hn, grad_cn)
+        return (g.gates_x, g.h0, g.c0, None, None, None, None, None, *_param_grads(g, ctx.param_names))
+
+    @staticmethod
+    def vmap(info, in_dims, gates_x, h0, c0, names, batch_sizes, reverse, cell_clip, grad_clip, *params):
+        op_dims = (*in_dims[:3], list(in_dims[_LEADING_ARGS:]), None, None, None, None, None)
+        return lstm_fwd_rule(info, op_dims, gates_x, h0, c0, list(params), list(names), batch_sizes, reverse,
+                             cell_clip, grad_clip)
 
 
-def _differentiable_backward(ctx, inputs: tuple, grads: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
-    """Gradients of every apply() argument, as a graph (create_graph=True)."""
-    wanted = [
-        i for i in _TENSOR_INPUTS
-        if i < ctx.num_args and inputs[i] is not None and ctx.needs_input_grad[i]
-    ]
-    with torch.enable_grad():
-        outputs = lstm_recurrence(*inputs)
-        # An output outside the graph passes no gradient on: an empty batch takes no steps and
-        # returns its h0 / c0 as they came.
-        live = [(out, grad) for out, grad in zip(outputs, grads) if out.requires_grad]
-        found = [None] * len(wanted)
-        if live:
-            found = torch.autograd.grad(
-                [out for out, _ in live], [inputs[i] for i in wanted], [grad for _, grad in live],
-                create_graph=True, allow_unused=True,
-            )
-    result: list[Tensor | None] = [None] * len(inputs)
-    for i, g in zip(wanted, found):
-        result[i] = g if g is not None else torch.zeros_like(inputs[i])
-    return tuple(result)
+def _op_setup_context(ctx, inputs, output) -> None:
+    gates_x, h0, c0, params, names, batch_sizes, reverse, cell_clip, grad_clip = inputs
+    _save(ctx, gates_x, h0, c0, RecurrenceParams.from_op(params, names, cell_clip, grad_clip), batch_sizes,
+          reverse, output)
+
+
+def _op_backward(ctx, grad_y, grad_hn, grad_cn, _grad_gates, _grad_cells):
+    g = _gradients(ctx, grad_y, grad_hn, grad_cn)
+    grads = (g.gates_x, g.h0, g.c0, _param_grads(g, ctx.param_names))
+    # One entry per argument of the call, which may have left out trailing defaults (an exported
+    # graph does), although setup_context saw them filled in.
+    return grads + (None,) * (len(ctx.needs_input_grad) - len(grads))
+
+
+torch.library.register_autograd("torch_lstm_ext::lstm_fwd", _op_backward, setup_context=_op_setup_context)
+torch.library.register_vmap("torch_lstm_ext::lstm_fwd", lstm_fwd_rule)
+torch.library.register_vmap("torch_lstm_ext::lstm_bwd", lstm_bwd_rule)
 
 
 def lstm_layer(
     gates_x: Tensor,
-    w_hh: Tensor,
-    w_hr: Tensor | None,
     h0: Tensor,
     c0: Tensor,
+    params: RecurrenceParams,
     batch_sizes: Tensor | None = None,
     reverse: bool = False,
-    peephole: Tensor | None = None,
-    ln_hh_weight: Tensor | None = None,
-    ln_c: Tensor | None = None,
-    zoneout_c: Tensor | None = None,
-    zoneout_h: Tensor | None = None,
-    cell_clip: float | None = None,
-    grad_clip: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Functional entry to LSTMFunction: (y, h_n, c_n). See ops.py for shapes."""
-    return LSTMFunction.apply(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse, peephole,
-                              ln_hh_weight, ln_c, zoneout_c, zoneout_h, cell_clip, grad_clip)
+    """The recurrence of one layer and direction through LSTMFunction: (y, h_n, c_n)."""
+    v = params.variants
+    tensors, names = params.op_args()
+    y, h_n, c_n, _, _ = LSTMFunction.apply(gates_x, h0, c0, tuple(names), batch_sizes, reverse, v.cell_clip,
+                                           v.grad_clip, *tensors)
+    return y, h_n, c_n

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from torch_lstm_ext.dtypes import compute_dtype
+from torch_lstm_ext.params import RecurrenceGrads, RecurrenceParams, Variants
 from torch_lstm_ext.projection import LayerWeights, input_projection, input_projection_backward
 from torch_lstm_ext.schedule import Block, as_rows, time_blocks
-from torch_lstm_ext.variants import VariantConfig
 
 
 class GradSums:
@@ -52,20 +52,28 @@ def _part(t: Tensor | None, block: Block, packed: bool) -> Tensor | None:
     return t[block.lo : block.hi] if packed else t[block.t0 : block.t1]
 
 
-def _recurrence_args(w: LayerWeights, zoneout_c, zoneout_h, block: Block, packed: bool,
-                     variants: VariantConfig) -> tuple:
-    """The variant arguments of lstm_fwd for one block."""
-    return (w.peephole, w.ln_hh, w.ln_c, _part(zoneout_c, block, packed), _part(zoneout_h, block, packed),
-            variants.cell_clip)
+def _block_params(p: RecurrenceParams, block: Block, packed: bool) -> RecurrenceParams:
+    """p with the per-row zoneout weights cut to one block."""
+    v = p.variants
+    return p._replace(variants=v._replace(zoneout_c=_part(v.zoneout_c, block, packed),
+                                          zoneout_h=_part(v.zoneout_h, block, packed)))
+
+
+def _params(w: LayerWeights, zoneout_c: Tensor | None, zoneout_h: Tensor | None, clips: tuple) -> RecurrenceParams:
+    """The recurrence's parameters over all rows; clips = (cell_clip, grad_clip)."""
+    return RecurrenceParams(w.w_hh, w.w_hr, Variants(w.peephole, w.ln_hh, w.ln_c, zoneout_c, zoneout_h, *clips))
 
 
 class CheckpointedLayer(torch.autograd.Function):
-    """apply(x, h0, c0, batch_sizes, reverse, zoneout_c, zoneout_h, variants, *weights)
-    -> (y, h_n, c_n); weights are the nine LayerWeights fields (None where absent)."""
+    """apply(x, h0, c0, batch_sizes, reverse, zoneout_c, zoneout_h, clips, *weights)
+    -> (y, h_n, c_n); weights are the nine LayerWeights fields (None where absent), zoneout_c /
+    zoneout_h the per-row weights over all rows (or None), clips = (cell_clip, grad_clip)."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, batch_sizes, reverse, zoneout_c, zoneout_h, variants, *weights):
+    def forward(ctx, x, h0, c0, batch_sizes, reverse, zoneout_c, zoneout_h, clips, *weights):
         w = LayerWeights(*weights)
+        p = _params(w, zoneout_c, zoneout_h, clips)
+        variants = p.variants
         packed = batch_sizes is not None
         blocks = time_blocks(batch_sizes, as_rows(x).shape[0], h0.shape[0], reverse)
         h, c = h0, c0
@@ -75,12 +83,12 @@ class CheckpointedLayer(torch.autograd.Function):
             starts += [h, c]
             sizes = None if not packed else batch_sizes[block.t0 : block.t1]
             y, h, c, _, _ = torch.ops.torch_lstm_ext.lstm_fwd(
-                input_projection(_part(x, block, packed), w), w.w_hh, w.w_hr, h, c, sizes, reverse,
-                *_recurrence_args(w, zoneout_c, zoneout_h, block, packed, variants),
+                input_projection(_part(x, block, packed), w), h, c, *_block_params(p, block, packed).op_args(),
+                sizes, reverse, variants.cell_clip, variants.grad_clip,
             )
             _part(output, block, packed).copy_(y)
         ctx.save_for_backward(x, batch_sizes, zoneout_c, zoneout_h, *weights, *starts)
-        ctx.reverse, ctx.variants, ctx.blocks = reverse, variants, blocks
+        ctx.reverse, ctx.clips, ctx.blocks = reverse, clips, blocks
         return output, h, c
 
     @staticmethod
@@ -93,6 +101,8 @@ class CheckpointedLayer(torch.autograd.Function):
         x, batch_sizes, zoneout_c, zoneout_h, *rest = ctx.saved_tensors
         w = LayerWeights(*rest[:9])
         starts = rest[9:]
+        p = _params(w, zoneout_c, zoneout_h, ctx.clips)
+        v = p.variants
         packed = batch_sizes is not None
         dx = torch.empty_like(x)
         sums = GradSums()
@@ -102,20 +112,21 @@ class CheckpointedLayer(torch.autograd.Function):
             h_start, c_start = starts[2 * k], starts[2 * k + 1]
             sizes = None if not packed else batch_sizes[block.t0 : block.t1]
             x_block = _part(x, block, packed)
-            variant_args = _recurrence_args(w, zoneout_c, zoneout_h, block, packed, ctx.variants)
+            block_params = _block_params(p, block, packed).op_args()
             y, _, _, gates, cells = torch.ops.torch_lstm_ext.lstm_fwd(
-                input_projection(x_block, w), w.w_hh, w.w_hr, h_start, c_start, sizes, ctx.reverse,
-                *variant_args,
+                input_projection(x_block, w), h_start, c_start, *block_params, sizes, ctx.reverse, v.cell_clip,
+                v.grad_clip,
             )
-            d_gates_x, d_w_hh, d_w_hr, dh, dc, d_peep, d_ln_hh, d_ln_c = torch.ops.torch_lstm_ext.lstm_bwd(
-                _part(grad_y, block, packed).contiguous(), dh, dc, w.w_hh, w.w_hr, h_start, c_start, sizes,
-                ctx.reverse, y, gates, cells, *variant_args, ctx.variants.grad_clip,
-            )
+            g = RecurrenceGrads.from_op(torch.ops.torch_lstm_ext.lstm_bwd(
+                _part(grad_y, block, packed).contiguous(), dh, dc, h_start, c_start, *block_params, sizes,
+                ctx.reverse, y, gates, cells, v.cell_clip, v.grad_clip,
+            ), p)
+            dh, dc = g.h0, g.c0
             projection = input_projection_backward(as_rows(x_block), w.w_ih, w.ln_ih, w.b_ih is not None,
-                                                   as_rows(d_gates_x))
+                                                   as_rows(g.gates_x))
             _part(dx, block, packed).copy_(projection.x.reshape(x_block.shape))
             block_grads = dict(w_ih=projection.w_ih, bias=projection.bias, ln_ih=projection.ln_ih,
-                               w_hh=d_w_hh, w_hr=d_w_hr, peephole=d_peep, ln_hh=d_ln_hh, ln_c=d_ln_c)
+                               w_hh=g.w_hh, w_hr=g.w_hr, peephole=g.peephole, ln_hh=g.ln_hh, ln_c=g.ln_c)
             for name, grad in block_grads.items():
                 sums.add(name, grad)
         dtype = w.w_ih.dtype
@@ -131,12 +142,13 @@ def checkpointed_layer(
     w: LayerWeights,
     h0: Tensor,
     c0: Tensor,
+    p: RecurrenceParams,
     batch_sizes: Tensor | None,
     reverse: bool,
-    zoneout_c: Tensor | None,
-    zoneout_h: Tensor | None,
-    variants: VariantConfig,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Like projecting x [T, B, I] (or packed [N, I]) and running the recurrence, with gradient
-    checkpointing: returns (y, h_n, c_n)."""
-    return CheckpointedLayer.apply(x, h0, c0, batch_sizes, reverse, zoneout_c, zoneout_h, variants, *w)
+    """Like projecting x [T, B, I] (or packed [N, I]) and running the recurrence with `p`
+    (whose tensors are w's, plus the zoneout weights), with gradient checkpointing:
+    returns (y, h_n, c_n)."""
+    v = p.variants
+    return CheckpointedLayer.apply(x, h0, c0, batch_sizes, reverse, v.zoneout_c, v.zoneout_h,
+                                   (v.cell_clip, v.grad_clip), *w)

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from torch_lstm_ext.autograd import lstm_layer
 from torch_lstm_ext.checkpoint import checkpointed_layer
+from torch_lstm_ext.params import RecurrenceParams, Variants
 from torch_lstm_ext.profiling import stage
 from torch_lstm_ext.projection import LayerWeights, input_projection
 from torch_lstm_ext.variants import VariantConfig, zoneout_weights
@@ -41,14 +42,21 @@ def run_layer(
     lead = x.shape[:-1]
     zoneout_c = zoneout_weights(variants.zoneout_cell, (*lead, c0.shape[-1]), x, training)
     zoneout_h = zoneout_weights(variants.zoneout_hidden, (*lead, h0.shape[-1]), x, training)
+    p = RecurrenceParams(w.w_hh, w.w_hr, Variants(w.peephole, w.ln_hh, w.ln_c, zoneout_c, zoneout_h,
+                                                   variants.cell_clip, variants.grad_clip))
     if variants.checkpoint:
-        return checkpointed_layer(x, w, h0, c0, batch_sizes, reverse, zoneout_c, zoneout_h, variants)
+        return checkpointed_layer(x, w, h0, c0, p, batch_sizes, reverse)
     with stage("input_gemm"):
         gates_x = input_projection(x, w)
-    return lstm_layer(
-        gates_x, w.w_hh, w.w_hr, h0, c0, batch_sizes, reverse, w.peephole, w.ln_hh,
-        w.ln_c, zoneout_c, zoneout_h, variants.cell_clip, variants.grad_clip,
-    )
+    return lstm_layer(gates_x, h0, c0, p, batch_sizes, reverse)
+
+
+def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w: LayerWeights) -> tuple[Tensor, Tensor]:
+    """One LSTMCell step: x [B, I], h [B, H], c [B, H] -> (h', c'), a one-step recurrence."""
+    with stage("input_gemm"):
+        gates_x = input_projection(x, w).unsqueeze(0)
+    _, h_new, c_new = lstm_layer(gates_x, h, c, RecurrenceParams(w.w_hh))
+    return h_new, c_new
 
 
 def lstm(

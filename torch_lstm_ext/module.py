@@ -11,13 +11,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
 from torch_lstm_ext import functional
-from torch_lstm_ext.autograd import lstm_layer
 from torch_lstm_ext.projection import LayerWeights
 from torch_lstm_ext.validation import (
     check_cell_forward_args,
@@ -342,9 +340,8 @@ class LSTMCell(nn.Module):
             h, c = hx[0].unsqueeze(0), hx[1].unsqueeze(0)
             two_states(hx, "lstm_cell")
         check_cell_forward_args(self, input, h, c)
-        bias = None if self.bias_ih is None else self.bias_ih + self.bias_hh
-        gates_x = F.linear(input, self.weight_ih, bias).unsqueeze(0)
-        _, h_new, c_new = lstm_layer(gates_x, self.weight_hh, None, h, c)
+        weights = LayerWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None)
+        h_new, c_new = functional.lstm_cell(input, h, c, weights)
         if not is_batched:
             return h_new.squeeze(0), c_new.squeeze(0)
         return h_new, c_new

@@ -1,43 +1,62 @@
-"""The recurrence as two custom ops, `torch.ops.torch_lstm_ext.lstm_fwd` / `lstm_bwd`.
+"""The recurrence as two operators, `torch.ops.torch_lstm_ext.lstm_fwd` / `lstm_bwd`.
 
-One layer, one direction. Both ops take any device; the backend is chosen here, inside the
-kernel, on real tensors (Dynamo never sees the choice):
+One layer, one direction. Registered with torch.library's low-level API (Library.define /
+impl / register_fake): `torch.library.custom_op` imports Dynamo on its first call, which cost
+~1 s of cold start. Their autograd and vmap rules are registered by autograd.py (the backward
+is LSTMFunction's), so eager mode, torch.compile, torch.export and torch.func all see one
+differentiable op. The backend is chosen here, inside the kernel, on real tensors (Dynamo never
+sees the choice):
 
-- numpy: `reference.py` (the CPU default; on CUDA tensors it round-trips through host memory),
-- triton: `torch_lstm_ext.triton_kernels` (the CUDA default; on CPU only under TRITON_INTERPRET=1).
+- numpy (numpy_backend/): the CPU default, and float64 on every device (the Triton kernels
+  compute in fp32; other devices round-trip through host memory);
+- triton (torch_lstm_ext.triton_kernels): the CUDA default; on CPU only under TRITON_INTERPRET=1.
 
-Shapes (T time, B batch, H hidden, P output size, N = T*B or sum(batch_sizes)):
-    gates_x [T, B, 4H] or packed [N, 4H]; w_hh [4H, P]; w_hr [P, H] or None; h0 [B, P];
-    c0 [B, H]; batch_sizes int64 [T] on the CPU, or None.
-lstm_fwd returns y [..., P] (storage dtype), h_n [B, P], c_n [B, H], and for the backward the
-activated gates [..., 4H] and the cells [..., H] in the compute dtype (float64 or float32).
-lstm_bwd returns d_gates_x, d_w_hh, d_w_hr (an empty tensor without projection), d_h0, d_c0,
-and the gradients of the variant parameters d_peephole, d_ln_hh_weight, d_ln_c (empty when off).
-
-Variant inputs (all optional; see variant_reference.py for the equations): peephole [3, H]
-(w_ci, w_cf, w_co), ln_hh_weight [4H], ln_c [2, H] (gain, bias), zoneout_c [..., H] and
-zoneout_h [..., P] (per-row weight of the previous state), cell_clip, and for the backward
-grad_clip. With all of them off the plain kernels run, unchanged.
+Signatures (T time, B batch, H hidden, P output size, N = T*B or sum(batch_sizes)):
+    lstm_fwd(gates_x, h0, c0, params, param_names, batch_sizes, reverse, cell_clip=None,
+             grad_clip=None)
+        -> y [..., P] (gates_x's dtype), h_n [B, P], c_n [B, H], gates [..., 4H], cells [..., H]
+    lstm_bwd(grad_y, grad_hn, grad_cn, h0, c0, params, param_names, batch_sizes, reverse, y, gates,
+             cells, cell_clip=None, grad_clip=None)
+        -> d_gates_x, d_h0, d_c0, [d_weight for each weight in params, in their order]
+gates_x [T, B, 4H] or packed [N, 4H]; h0 [B, P]; c0 [B, H]; batch_sizes int64 [T] on the CPU, or
+None; params / param_names: the present tensors and their names, RecurrenceParams.op_args()
+(names and shapes in params.py: w_hh always, then any of w_hr, peephole, ln_hh, ln_c, zoneout_c,
+zoneout_h). gates (activated) and cells are saved for the backward, in the compute dtype
+(float64, else float32). lstm_fwd ignores grad_clip: it is there so that the op's own autograd
+(an exported program's backward) knows it. The weights are every param but the zoneout ones.
 """
 
-import numpy as np
+from __future__ import annotations
+
 import torch
 from torch import Tensor
 
-from torch_lstm_ext import reference
+from torch_lstm_ext import numpy_backend
 from torch_lstm_ext.config import BACKEND_ENV, INTERPRETER_ENV, requested_backend, triton_interpreter_enabled
 from torch_lstm_ext.dtypes import compute_dtype
+from torch_lstm_ext.params import RecurrenceGrads, RecurrenceParams
 from torch_lstm_ext.profiling import stage
-from torch_lstm_ext.schedule import as_rows
-from torch_lstm_ext.variant_reference import Variants, lstm_variant_backward, lstm_variant_forward
+
+_LIB = torch.library.Library("torch_lstm_ext", "DEF")
+_LIB.define(
+    "lstm_fwd(Tensor gates_x, Tensor h0, Tensor c0, Tensor[] params, str[] param_names, Tensor? batch_sizes, "
+    "bool reverse, float? cell_clip=None, float? grad_clip=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+_LIB.define(
+    "lstm_bwd(Tensor grad_y, Tensor grad_hn, Tensor grad_cn, Tensor h0, Tensor c0, Tensor[] params, "
+    "str[] param_names, Tensor? batch_sizes, bool reverse, Tensor y, Tensor gates, Tensor cells, "
+    "float? cell_clip=None, float? grad_clip=None) -> (Tensor, Tensor, Tensor, Tensor[])"
+)
 
 
-def select_backend(device: torch.device) -> str:
-    """'numpy' or 'triton' for tensors on `device`, as TORCH_LSTM_EXT_BACKEND asks."""
+def select_backend(t: Tensor) -> str:
+    """'numpy' or 'triton' for the op's tensors like `t`, as TORCH_LSTM_EXT_BACKEND asks."""
     requested = requested_backend()
+    if t.dtype == torch.float64:
+        return "numpy"
     if requested == "auto":
-        return "triton" if device.type == "cuda" else "numpy"
-    if requested == "triton" and device.type == "cpu" and not triton_interpreter_enabled():
+        return "triton" if t.device.type == "cuda" else "numpy"
+    if requested == "triton" and t.device.type == "cpu" and not triton_interpreter_enabled():
         raise RuntimeError(
             f"{BACKEND_ENV}=triton was requested for CPU tensors, which needs Triton's "
             f"interpreter: set {INTERPRETER_ENV}=1 before torch_lstm_ext is imported, or use "
@@ -46,88 +65,39 @@ def select_backend(device: torch.device) -> str:
     return requested
 
 
-def _as_numpy(t: Tensor | None, dtype: torch.dtype) -> np.ndarray | None:
-    if t is None:
-        return None
-    return t.detach().to(device="cpu", dtype=dtype).numpy()
+def _backend(t: Tensor):
+    if select_backend(t) == "triton":
+        from torch_lstm_ext import triton_kernels  # imported on first use: Triton is slow to import
+
+        return triton_kernels
+    return numpy_backend
 
 
-def _to_torch(a: np.ndarray | None, like: Tensor, dtype: torch.dtype) -> Tensor:
-    if a is None:
-        return like.new_empty(0)
-    return torch.from_numpy(a).to(device=like.device, dtype=dtype)
-
-
-def _batch_sizes_numpy(batch_sizes: Tensor | None) -> np.ndarray | None:
-    return None if batch_sizes is None else batch_sizes.detach().cpu().numpy()
-
-
-def _numpy_variants(acc: torch.dtype, peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h,
-                    cell_clip, grad_clip=None) -> Variants:
-    return Variants(
-        _as_numpy(peephole, acc),
-        _as_numpy(ln_hh_weight, acc),
-        _as_numpy(ln_c, acc),
-        None if zoneout_c is None else _as_numpy(as_rows(zoneout_c), acc),
-        None if zoneout_h is None else _as_numpy(as_rows(zoneout_h), acc),
-        cell_clip,
-        grad_clip,
-    )
-
-
-@torch.library.custom_op("torch_lstm_ext::lstm_fwd", mutates_args=())
-def lstm_fwd(
-    gates_x: Tensor,
-    w_hh: Tensor,
-    w_hr: Tensor | None,
-    h0: Tensor,
-    c0: Tensor,
-    batch_sizes: Tensor | None,
-    reverse: bool,
-    peephole: Tensor | None = None,
-    ln_hh_weight: Tensor | None = None,
-    ln_c: Tensor | None = None,
-    zoneout_c: Tensor | None = None,
-    zoneout_h: Tensor | None = None,
-    cell_clip: float | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _lstm_fwd(gates_x: Tensor, h0: Tensor, c0: Tensor, params: list[Tensor], param_names: list[str],
+              batch_sizes: Tensor | None, reverse: bool, cell_clip: float | None = None,
+              grad_clip: float | None = None):
+    p = RecurrenceParams.from_op(params, param_names, cell_clip, None)
     with stage("recurrence"):
-        return _lstm_fwd(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse,
-                         (peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h, cell_clip))
+        return _backend(gates_x).lstm_forward(gates_x, h0, c0, p, batch_sizes, reverse)
 
 
-def _lstm_fwd(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse, variants):
-    if select_backend(gates_x.device) == "triton":
-        from torch_lstm_ext import triton_kernels
-
-        return triton_kernels.lstm_forward(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse, *variants)
-
-    acc = compute_dtype(gates_x.dtype)
-    args = (
-        _as_numpy(as_rows(gates_x), acc),
-        _as_numpy(w_hh, acc),
-        _as_numpy(w_hr, acc),
-        _as_numpy(h0, acc),
-        _as_numpy(c0, acc),
-        _batch_sizes_numpy(batch_sizes),
-        reverse,
-    )
-    if any(v is not None for v in variants):
-        y, h_n, c_n, gates, cells = lstm_variant_forward(*args, _numpy_variants(acc, *variants))
-    else:
-        y, h_n, c_n, gates, cells = reference.lstm_forward(*args)
-    lead = gates_x.shape[:-1]
-    return (
-        _to_torch(y, gates_x, gates_x.dtype).reshape(*lead, y.shape[-1]),
-        _to_torch(h_n, h0, h0.dtype),
-        _to_torch(c_n, c0, c0.dtype),
-        _to_torch(gates, gates_x, acc).reshape(gates_x.shape),
-        _to_torch(cells, gates_x, acc).reshape(*lead, cells.shape[-1]),
-    )
+def _lstm_bwd(grad_y: Tensor, grad_hn: Tensor, grad_cn: Tensor, h0: Tensor, c0: Tensor, params: list[Tensor],
+              param_names: list[str], batch_sizes: Tensor | None, reverse: bool, y: Tensor, gates: Tensor,
+              cells: Tensor, cell_clip: float | None = None, grad_clip: float | None = None):
+    p = RecurrenceParams.from_op(params, param_names, cell_clip, grad_clip)
+    with stage("backward_recurrence"):
+        grads = _backend(gates).lstm_backward(grad_y, grad_hn, grad_cn, h0, c0, p, batch_sizes, reverse, y,
+                                              gates, cells)
+    return grads.op_outputs(p)
 
 
-@lstm_fwd.register_fake
-def _lstm_fwd_fake(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse, *variants):
+for _device in ("CPU", "CUDA"):
+    _LIB.impl("lstm_fwd", _lstm_fwd, _device)
+    _LIB.impl("lstm_bwd", _lstm_bwd, _device)
+
+
+@torch.library.register_fake("torch_lstm_ext::lstm_fwd", lib=_LIB)
+def _lstm_fwd_fake(gates_x, h0, c0, params, param_names, batch_sizes, reverse, cell_clip=None, grad_clip=None):
     acc = compute_dtype(gates_x.dtype)
     lead = gates_x.shape[:-1]
     return (
@@ -139,89 +109,17 @@ def _lstm_fwd_fake(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse, *variants)
     )
 
 
-@torch.library.custom_op("torch_lstm_ext::lstm_bwd", mutates_args=())
-def lstm_bwd(
-    grad_y: Tensor,
-    grad_hn: Tensor,
-    grad_cn: Tensor,
-    w_hh: Tensor,
-    w_hr: Tensor | None,
-    h0: Tensor,
-    c0: Tensor,
-    batch_sizes: Tensor | None,
-    reverse: bool,
-    y: Tensor,
-    gates: Tensor,
-    cells: Tensor,
-    peephole: Tensor | None = None,
-    ln_hh_weight: Tensor | None = None,
-    ln_c: Tensor | None = None,
-    zoneout_c: Tensor | None = None,
-    zoneout_h: Tensor | None = None,
-    cell_clip: float | None = None,
-    grad_clip: float | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    with stage("backward_recurrence"):
-        return _lstm_bwd(grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates,
-                         cells, (peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h, cell_clip, grad_clip))
+@torch.library.register_fake("torch_lstm_ext::lstm_bwd", lib=_LIB)
+def _lstm_bwd_fake(grad_y, grad_hn, grad_cn, h0, c0, params, param_names, batch_sizes, reverse, y, gates, cells,
+                   cell_clip=None, grad_clip=None):
+    p = RecurrenceParams.from_op(params, param_names, cell_clip, grad_clip)
+    w = p.w_hh
 
+    def like(t: Tensor | None) -> Tensor | None:
+        return None if t is None else w.new_empty(t.shape)
 
-def _lstm_bwd(grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates, cells,
-              variants):
-    if select_backend(grad_y.device) == "triton":
-        from torch_lstm_ext import triton_kernels
-
-        return triton_kernels.lstm_backward(
-            grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates, cells, *variants
-        )
-
-    acc = gates.dtype
-    args = (
-        _as_numpy(as_rows(grad_y), acc),
-        _as_numpy(grad_hn, acc),
-        _as_numpy(grad_cn, acc),
-        _as_numpy(w_hh, acc),
-        _as_numpy(w_hr, acc),
-        _as_numpy(h0, acc),
-        _as_numpy(c0, acc),
-        _batch_sizes_numpy(batch_sizes),
-        reverse,
-        _as_numpy(as_rows(y), acc),
-        _as_numpy(as_rows(gates), acc),
-        _as_numpy(as_rows(cells), acc),
-    )
-    if any(v is not None for v in variants):
-        d_gates, d_w_hh, d_w_hr, d_h0, d_c0, d_variants = lstm_variant_backward(
-            *args, _numpy_variants(acc, *variants)
-        )
-    else:
-        d_gates, d_w_hh, d_w_hr, d_h0, d_c0 = reference.lstm_backward(*args)
-        d_variants = (None, None, None)
-    return (
-        _to_torch(d_gates, grad_y, grad_y.dtype).reshape(gates.shape),
-        _to_torch(d_w_hh, w_hh, w_hh.dtype),
-        _to_torch(d_w_hr, w_hh, w_hh.dtype),
-        _to_torch(d_h0, h0, h0.dtype),
-        _to_torch(d_c0, c0, c0.dtype),
-        _to_torch(d_variants[0], w_hh, w_hh.dtype),
-        _to_torch(d_variants[1], w_hh, w_hh.dtype),
-        _to_torch(d_variants[2], w_hh, w_hh.dtype),
-    )
-
-
-@lstm_bwd.register_fake
-def _lstm_bwd_fake(grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates, cells,
-                   peephole=None, ln_hh_weight=None, ln_c=None, *rest):
-    def like(t: Tensor | None) -> Tensor:
-        return w_hh.new_empty(t.shape if t is not None else (0,))
-
-    return (
-        grad_y.new_empty(gates.shape),
-        w_hh.new_empty(w_hh.shape),
-        like(w_hr),
-        h0.new_empty(h0.shape),
-        c0.new_empty(c0.shape),
-        like(peephole),
-        like(ln_hh_weight),
-        like(ln_c),
-    )
+    v = p.variants
+    return RecurrenceGrads(
+        grad_y.new_empty(gates.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape), like(w), like(p.w_hr),
+        like(v.peephole), like(v.ln_hh), like(v.ln_c),
+    ).op_outputs(p)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from torch_lstm_ext.dtypes import compute_dtype
-from torch_lstm_ext.variant_reference import LN_EPS
+from torch_lstm_ext.differentiable_recurrence import LN_EPS
 
 
 class LayerWeights(NamedTuple):

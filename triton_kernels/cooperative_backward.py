@@ -42,7 +42,7 @@ from torch_lstm_ext.triton_kernels.buffers import kernel_output
 from torch_lstm_ext.triton_kernels.grid_sync import arrival_counters, arrive, launch_resident, wait_for
 from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, tanh
 from torch_lstm_ext.triton_kernels.tuning import dot_dtype, feature_block
-from torch_lstm_ext.triton_kernels.variant_args import Variants
+from torch_lstm_ext.params import Variants
 
 
 @triton.jit

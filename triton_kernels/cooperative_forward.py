@@ -47,7 +47,7 @@ from torch_lstm_ext.triton_kernels.buffers import kernel_output
 from torch_lstm_ext.triton_kernels.grid_sync import arrival_counters, arrive, launch_resident, wait_for
 from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, store_gates, tanh
 from torch_lstm_ext.triton_kernels.tuning import dot_dtype, feature_block
-from torch_lstm_ext.triton_kernels.variant_args import Variants
+from torch_lstm_ext.params import Variants
 from torch_lstm_ext.triton_kernels.variant_step_forward import load_vector
 
 
@@ -389,7 +389,7 @@ def cooperative_forward(
 
     Both directions of a bidirectional layer in one launch: every tensor but lengths takes a
     leading direction axis D = 2 (all outputs then have it too); direction 0 runs reversed when
-    `reverse`, direction 1 the other way. v (variant_args.Variants): peephole [3, H], zoneout_c
+    `reverse`, direction 1 the other way. v (params.Variants): peephole [3, H], zoneout_c
     [T*B, H], zoneout_h [T*B, P] (padded rows as gates_x's), with the direction axis in front
     when there is one; cell_clip; layer norm is not supported. config: plan()'s for this shape
     and device when None.

@@ -1,10 +1,10 @@
 """lstm_forward / lstm_backward: the Triton backend of the lstm_fwd / lstm_bwd ops.
 
-Same arguments, shapes, dtypes and semantics as the NumPy path (ops.py, reference.py). This
-module picks the kernel (dispatch.py), moves packed input to and from the persistent kernels'
-padded layout, and does the whole-sequence work in torch: the final-state gathers and the weight
-gradients, each ONE GEMM over all rows. float64 goes to float64.py (the NumPy reference via
-host memory), since the kernels compute in fp32.
+Same arguments, shapes, dtypes and semantics as the NumPy backend (ops.py). This module picks
+the kernel (dispatch.py), moves packed input to and from the persistent kernels' padded layout,
+and does the whole-sequence work in torch: the final-state gathers and the weight gradients,
+each ONE GEMM over all rows. The kernels compute in fp32: float64 never comes here (ops.py
+sends it to the NumPy backend).
 
 Kernels (dispatch.py names them): "step" launches per-step kernels eagerly, "step_graph" replays
 the same launches from a CUDA graph (step_graphs.py), "persistent" runs one program per batch
@@ -21,13 +21,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from torch_lstm_ext.params import RecurrenceGrads, RecurrenceParams, Variants
+from torch_lstm_ext.schedule import as_rows
 from torch_lstm_ext.triton_kernels.cooperative_backward import (
     cooperative_backward,
     cooperative_variant_backward,
 )
 from torch_lstm_ext.triton_kernels.cooperative_forward import cooperative_forward
 from torch_lstm_ext.triton_kernels.dispatch import Kernel, check_kernel, choose_kernel
-from torch_lstm_ext.triton_kernels.float64 import float64_backward, float64_forward
 from torch_lstm_ext.triton_kernels.layout import Layout, device_index
 from torch_lstm_ext.triton_kernels.persistent_backward import persistent_backward
 from torch_lstm_ext.triton_kernels.persistent_forward import persistent_forward
@@ -39,7 +40,6 @@ from torch_lstm_ext.triton_kernels.step_graphs import (
     graphed_variant_backward,
     graphed_variant_step_forward,
 )
-from torch_lstm_ext.triton_kernels.variant_args import Variants
 from torch_lstm_ext.triton_kernels.variant_backward import variant_backward
 from torch_lstm_ext.triton_kernels.variant_step_forward import variant_step_forward
 
@@ -53,11 +53,16 @@ _STEP_LAUNCHERS = {
 
 
 def _flat(t: Tensor) -> Tensor:
-    return t.reshape(-1, t.shape[-1]).contiguous()
+    return as_rows(t).contiguous()
 
 
-def _optional(t: Tensor | None) -> Tensor | None:
+def _contiguous(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.contiguous()
+
+
+def _present(t: Tensor) -> Tensor | None:
+    """None for the empty tensor a variant launcher returns for a parameter that is absent."""
+    return None if t.numel() == 0 else t
 
 
 def _to_padded(packed: Tensor, padded_rows: Tensor | None, num_padded: int) -> Tensor:
@@ -101,32 +106,23 @@ def _padded_variants(v: Variants, padded_rows: Tensor | None, num_padded: int) -
 
 def lstm_forward(
     gates_x: Tensor,
-    w_hh: Tensor,
-    w_hr: Tensor | None,
     h0: Tensor,
     c0: Tensor,
+    p: RecurrenceParams,
     batch_sizes: Tensor | None,
     reverse: bool,
-    peephole: Tensor | None = None,
-    ln_hh_weight: Tensor | None = None,
-    ln_c: Tensor | None = None,
-    zoneout_c: Tensor | None = None,
-    zoneout_h: Tensor | None = None,
-    cell_clip: float | None = None,
     *,
     kernel: Kernel | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The recurrence: y [..., P] (gates_x's dtype), h_n [B, P], c_n [B, H], gates [..., 4H] and
-    cells [..., H] (float32), for gates_x [T, B, 4H] or packed [N, 4H]; the variant inputs as
-    ops.py documents them (None: off). See ops.py.
+    cells [..., H] (float32), for gates_x [T, B, 4H] or packed [N, 4H] (fp32, fp16 or bf16);
+    p's shapes in params.py. See ops.py.
 
-    kernel: force 'step' or 'persistent' (tests, benchmarks); None applies dispatch.py's rule.
+    kernel: force one of dispatch.py's kernels (tests, benchmarks); None applies its rule.
     """
-    v = Variants.of(peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h, cell_clip)
-    if gates_x.dtype == torch.float64:
-        return float64_forward(gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse, v)
+    v = p.variants.as_rows()
     flat = _flat(gates_x)
-    w_hh, w_hr, h0, c0 = w_hh.contiguous(), _optional(w_hr), h0.contiguous(), c0.contiguous()
+    w_hh, w_hr, h0, c0 = p.w_hh.contiguous(), _contiguous(p.w_hr), h0.contiguous(), c0.contiguous()
     B, P = h0.shape
     H = c0.shape[1]
     layout = Layout.of(batch_sizes, flat.shape[0], B, reverse)
@@ -160,38 +156,26 @@ def lstm_backward(
     grad_y: Tensor,
     grad_hn: Tensor,
     grad_cn: Tensor,
-    w_hh: Tensor,
-    w_hr: Tensor | None,
     h0: Tensor,
     c0: Tensor,
+    p: RecurrenceParams,
     batch_sizes: Tensor | None,
     reverse: bool,
     y: Tensor,
     gates: Tensor,
     cells: Tensor,
-    peephole: Tensor | None = None,
-    ln_hh_weight: Tensor | None = None,
-    ln_c: Tensor | None = None,
-    zoneout_c: Tensor | None = None,
-    zoneout_h: Tensor | None = None,
-    cell_clip: float | None = None,
-    grad_clip: float | None = None,
     *,
     kernel: Kernel | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of lstm_forward: d_gates_x [..., 4H] (grad_y's dtype), d_w_hh [4H, P], d_w_hr
-    [P, H] (an empty tensor without projection), d_h0 [B, P], d_c0 [B, H], and of the variant
-    parameters d_peephole [3, H], d_ln_hh_weight [4H], d_ln_c [2, H] (empty tensors when off;
-    the weights' dtype).
+) -> RecurrenceGrads:
+    """Gradients of lstm_forward: gates_x [..., 4H] (grad_y's dtype), h0 [B, P], c0 [B, H],
+    w_hh [4H, P], w_hr [P, H], peephole [3, H], ln_hh [4H], ln_c [2, H] (None where absent; the
+    weights' dtype).
 
     kernel: as for lstm_forward (the backward may use either kernel, whichever the forward used).
     """
-    v = Variants.of(peephole, ln_hh_weight, ln_c, zoneout_c, zoneout_h, cell_clip, grad_clip)
-    if gates.dtype == torch.float64:
-        return float64_backward(grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, batch_sizes, reverse,
-                                y, gates, cells, v)
+    v = p.variants.as_rows()
     flat_grad_y, flat_y, flat_gates, flat_cells = (_flat(t) for t in (grad_y, y, gates, cells))
-    w_hh, w_hr, h0, c0 = w_hh.contiguous(), _optional(w_hr), h0.contiguous(), c0.contiguous()
+    w_hh, w_hr, h0, c0 = p.w_hh.contiguous(), _contiguous(p.w_hr), h0.contiguous(), c0.contiguous()
     grad_hn = grad_hn.to(h0.dtype).contiguous()
     grad_cn = grad_cn.to(c0.dtype).contiguous()
     B, P = h0.shape
@@ -204,9 +188,12 @@ def lstm_backward(
         return _cooperative_variant_backward(flat_grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, flat_y,
                                              flat_gates, flat_cells, batch_sizes, layout, v, gates.shape)
     if v.on:
-        grads = _STEP_LAUNCHERS[kernel][3](flat_grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, flat_gates,
-                                           flat_cells, _previous_h(flat_y, h0, layout), layout, v)
-        return grads[0].reshape(gates.shape), *grads[1:]
+        d_gates, d_w_hh, d_w_hr, d_h0, d_c0, d_peephole, d_ln_hh, d_ln_c = _STEP_LAUNCHERS[kernel][3](
+            flat_grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, flat_gates, flat_cells,
+            _previous_h(flat_y, h0, layout), layout, v,
+        )
+        return RecurrenceGrads(d_gates.reshape(gates.shape), d_h0, d_c0, d_w_hh, _present(d_w_hr),
+                               _present(d_peephole), _present(d_ln_hh), _present(d_ln_c))
     if kernel in ("persistent", "cooperative"):
         lengths, padded_rows = _padding(layout, batch_sizes, device)
         num_padded = len(layout.sizes) * B
@@ -231,20 +218,18 @@ def lstm_backward(
     acc = torch.float32
     h_prev = _previous_h(flat_y, h0, layout)
     d_w_hh = (d_gates.to(acc).T @ h_prev.to(acc)).to(w_hh.dtype)
-    if w_hr is None:
-        d_w_hr = w_hh.new_empty(0)
-    else:
+    d_w_hr = None
+    if w_hr is not None:
         r = flat_gates[:, 3 * H :] * torch.tanh(flat_cells)
         d_w_hr = (d_out.T @ r).to(w_hh.dtype)
-    no_variants = (w_hh.new_empty(0) for _ in range(3))
-    return d_gates.reshape(gates.shape), d_w_hh, d_w_hr, d_h0, d_c0, *no_variants
+    return RecurrenceGrads(d_gates.reshape(gates.shape), d_h0, d_c0, d_w_hh, d_w_hr)
 
 
 def _cooperative_variant_backward(
     grad_y: Tensor, grad_hn: Tensor, grad_cn: Tensor, w_hh: Tensor, w_hr: Tensor | None, h0: Tensor,
     c0: Tensor, y: Tensor, gates: Tensor, cells: Tensor, batch_sizes: Tensor | None, layout: Layout,
     v: Variants, gates_shape: torch.Size,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> RecurrenceGrads:
     """lstm_backward's results for the per-element variants through the cooperative kernel:
     its recurrence on the padded rows, then the weight GEMMs over all rows (as variant_backward)."""
     lengths, padded_rows = _padding(layout, batch_sizes, grad_y.device)
@@ -258,13 +243,10 @@ def _cooperative_variant_backward(
     acc = torch.float32
     d_gates = _from_padded(s.d_gates, padded_rows)
     d_w_hh = (d_gates.to(acc).T @ _previous_h(y, h0, layout).to(acc)).to(w_hh.dtype)
-    if w_hr is None:
-        d_w_hr = w_hh.new_empty(0)
-    else:
+    d_w_hr = None
+    if w_hr is not None:
         d_out = _from_padded(s.d_out, padded_rows)
         d_h_cand = d_out if v.zoneout_h is None else d_out * (1.0 - v.zoneout_h.to(acc))
         d_w_hr = (d_h_cand.T @ _from_padded(s.r, padded_rows)).to(w_hh.dtype)
-    d_peephole = w_hh.new_empty(0) if s.d_peephole is None else s.d_peephole
-    no_layer_norm = (w_hh.new_empty(0) for _ in range(2))
-    return (d_gates.reshape(gates_shape), d_w_hh, d_w_hr, s.d_h0.to(h0.dtype), s.d_c0.to(c0.dtype),
-            d_peephole, *no_layer_norm)
+    return RecurrenceGrads(d_gates.reshape(gates_shape), s.d_h0.to(h0.dtype), s.d_c0.to(c0.dtype), d_w_hh,
+                           d_w_hr, s.d_peephole)

@@ -14,15 +14,10 @@ from torch_lstm_ext.triton_kernels.graph_replay import replay
 from torch_lstm_ext.triton_kernels.layout import Layout
 from torch_lstm_ext.triton_kernels.step_backward import step_backward
 from torch_lstm_ext.triton_kernels.step_forward import step_forward
-from torch_lstm_ext.triton_kernels.variant_args import Variants
+from torch_lstm_ext.params import Variants
 from torch_lstm_ext.triton_kernels.variant_backward import variant_backward
 from torch_lstm_ext.triton_kernels.variant_step_backward import StepGrads, variant_step_backward
 from torch_lstm_ext.triton_kernels.variant_step_forward import variant_step_forward
-
-
-def _with_tensors(v: Variants, tensors: tuple) -> Variants:
-    """v with its five tensors replaced (by the graph's static copies); the clip values kept."""
-    return Variants(*tensors, v.cell_clip, v.grad_clip)
 
 
 def graphed_step_forward(
@@ -48,9 +43,10 @@ def graphed_variant_step_forward(
     """variant_step_forward from a graph: y [N, P], gates [N, 4H], cells [N, H]."""
 
     def launch(*t: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        return variant_step_forward(*t[:5], layout, _with_tensors(v, t[5:]))
+        return variant_step_forward(*t[:5], layout, v.with_tensors(t[5:]))
 
-    return replay("variant_step_forward", launch, (gates_x, w_hh, w_hr, h0, c0, *v[:5]), layout, v[5:])
+    tensors = (gates_x, w_hh, w_hr, h0, c0, *v.tensors())
+    return replay("variant_step_forward", launch, tensors, layout, (v.cell_clip, v.grad_clip))
 
 
 def graphed_variant_step_backward(
@@ -60,10 +56,10 @@ def graphed_variant_step_backward(
     """variant_step_backward from a graph (its StepGrads; d_hh is d_gates without LN_hh, as there)."""
 
     def launch(*t: Tensor | None) -> StepGrads:
-        return variant_step_backward(*t[:9], layout, _with_tensors(v, t[9:]))
+        return variant_step_backward(*t[:9], layout, v.with_tensors(t[9:]))
 
-    tensors = (grad_y, grad_hn, grad_cn, w_hh, w_hr, c0, gates, cells, h_prev, *v[:5])
-    return replay("variant_step_backward", launch, tensors, layout, v[5:])
+    tensors = (grad_y, grad_hn, grad_cn, w_hh, w_hr, c0, gates, cells, h_prev, *v.tensors())
+    return replay("variant_step_backward", launch, tensors, layout, (v.cell_clip, v.grad_clip))
 
 
 def graphed_variant_backward(

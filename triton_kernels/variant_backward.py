@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from torch_lstm_ext.triton_kernels.layout import Layout, device_index
-from torch_lstm_ext.triton_kernels.variant_args import Variants
+from torch_lstm_ext.params import Variants
 from torch_lstm_ext.triton_kernels.variant_step_backward import StepGrads, variant_step_backward
 
 

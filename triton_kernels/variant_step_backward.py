@@ -45,7 +45,7 @@ from torch_lstm_ext.triton_kernels.tuning import (
     row_warps,
     step_grid,
 )
-from torch_lstm_ext.triton_kernels.variant_args import Variants
+from torch_lstm_ext.params import Variants
 from torch_lstm_ext.triton_kernels.variant_step_forward import load_vector, lstm_step_hh_kernel
 
 

@@ -38,7 +38,7 @@ from torch_lstm_ext.triton_kernels.tuning import (
     row_warps,
     step_grid,
 )
-from torch_lstm_ext.triton_kernels.variant_args import Variants
+from torch_lstm_ext.params import Variants
 
 
 @triton.autotune(configs=STEP_CONFIGS, key=["G", "P", "BLOCK_B"])

@@ -1,48 +1,20 @@
 """NumPy kernels of the recurrence with the variants nn.LSTM lacks (the CPU backend).
 
-Used instead of `reference.py` only when a variant is on, so the plain path keeps its numerics
-and speed. Same layout rules as `reference.py` (time-major rows, packed steps own a prefix of
-the batch, states updated in place for the active rows), same arguments plus `Variants`.
-
-Per step, with c_p / h_p the previous states (shapes per active row: gates 4H, cells H, h P):
-    z      = gates_x + LN_hh(h_p @ W_hh^T) * ln_hh                     (LN only with layer_norm)
-    i, f   = sigma(z_i + w_ci * c_p), sigma(z_f + w_cf * c_p)           (peephole terms optional)
-    g      = tanh(z_g)
-    c~     = clip(f * c_p + i * g, -cell_clip, cell_clip)               (clip optional)
-    o      = sigma(z_o + w_co * c~)
-    h~     = o * tanh(LN_c(c~) * ln_c_gain + ln_c_bias)   [@ W_hr^T with projection]
-    c, h   = m_c * c_p + (1 - m_c) * c~,  m_h * h_p + (1 - m_h) * h~    (zoneout; m = mask or z)
-Backward: the gradient of each step's four gate pre-activations (peephole terms included) is
-clamped to [-grad_clip, grad_clip] before it flows on.
+Used instead of `plain.py` only when a variant is on, so the plain path keeps its numerics and
+speed. The equations are differentiable_recurrence.py's (its docstring lists them). Same layout
+rules and arguments as `plain.py` (time-major rows, packed steps own a prefix of the batch,
+states updated in place for the active rows), with the variants in `p.variants`.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from torch_lstm_ext.differentiable_recurrence import LN_EPS
+from torch_lstm_ext.params import RecurrenceGrads, RecurrenceParams
 from torch_lstm_ext.schedule import Step, Walk, step_rows, walk_batch_sizes
-
-LN_EPS = 1e-5
-
-
-class Variants(NamedTuple):
-    """Variant inputs of the recurrence; None means off.
-
-    peephole [3, H] (w_ci, w_cf, w_co); ln_hh [4H] gain of LN_hh; ln_c [2, H] gain and bias of
-    LN_c; zoneout_c [N, H] / zoneout_h [N, P]: per row, the weight of the previous state
-    (a 0/1 mask in training, the probability in eval); cell_clip, grad_clip: positive floats.
-    """
-
-    peephole: np.ndarray | None = None
-    ln_hh: np.ndarray | None = None
-    ln_c: np.ndarray | None = None
-    zoneout_c: np.ndarray | None = None
-    zoneout_h: np.ndarray | None = None
-    cell_clip: float | None = None
-    grad_clip: float | None = None
 
 
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -88,16 +60,15 @@ def _previous(history: np.ndarray, initial: np.ndarray, w: Walk, step: Step) -> 
 
 def lstm_variant_forward(
     gates_x: np.ndarray,
-    w_hh: np.ndarray,
-    w_hr: np.ndarray | None,
     h0: np.ndarray,
     c0: np.ndarray,
+    p: RecurrenceParams,
     batch_sizes: np.ndarray | None,
     reverse: bool,
-    v: Variants,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """As reference.lstm_forward: y [N, P], h_n [B, P], c_n [B, H], gates [N, 4H] (activated),
+    """As plain.lstm_forward: y [N, P], h_n [B, P], c_n [B, H], gates [N, 4H] (activated),
     cells [N, H] (the carried, zoned-out c_t)."""
+    w_hh, w_hr, v = p
     dtype = gates_x.dtype
     N, G = gates_x.shape
     H = G // 4
@@ -146,35 +117,26 @@ def lstm_variant_forward(
     return y, h, c, gates, cells
 
 
-class VariantGrads(NamedTuple):
-    """Gradients of the variant parameters (None where the variant is off)."""
-
-    peephole: np.ndarray | None
-    ln_hh: np.ndarray | None
-    ln_c: np.ndarray | None
-
-
 def lstm_variant_backward(
     grad_y: np.ndarray,
     grad_hn: np.ndarray,
     grad_cn: np.ndarray,
-    w_hh: np.ndarray,
-    w_hr: np.ndarray | None,
     h0: np.ndarray,
     c0: np.ndarray,
+    p: RecurrenceParams,
     batch_sizes: np.ndarray | None,
     reverse: bool,
     y: np.ndarray,
     gates: np.ndarray,
     cells: np.ndarray,
-    v: Variants,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, VariantGrads]:
-    """As reference.lstm_backward, plus the gradients of the variant parameters.
+) -> RecurrenceGrads:
+    """As plain.lstm_backward, plus the gradients of the variant parameters.
 
     Everything the forward computed but did not keep (previous states, the candidate cell, the
     layer-norm statistics) is recomputed here for the whole sequence at once, with the same
     element-wise operations; only the gradient recurrence runs step by step.
     """
+    w_hh, w_hr, v = p
     dtype = gates.dtype
     N, G = gates.shape
     H = G // 4
@@ -270,4 +232,4 @@ def lstm_variant_backward(
 
     d_w_hh = _mm(d_hh.T, h_prev)
     d_w_hr = None if w_hr is None else _mm(d_h_cand_all.T, o * tanh_out)
-    return d_gates, d_w_hh, d_w_hr, dh, dc, VariantGrads(d_peephole, d_ln_hh, d_ln_c)
+    return RecurrenceGrads(d_gates, dh, dc, d_w_hh, d_w_hr, d_peephole, d_ln_hh, d_ln_c)

@@ -1,7 +1,8 @@
-"""NumPy kernels of the single-layer, single-direction LSTM recurrence (the CPU backend).
+"""NumPy kernels of the plain single-layer, single-direction LSTM recurrence (the CPU backend).
 
-Both functions work on NumPy arrays of one compute dtype (float32 or float64); the op layer
-(`ops.py`) converts tensors in and out. Shapes use T time, B batch, H hidden, P output size
+The equations are differentiable_recurrence.py's with every variant off. Both functions work on
+NumPy arrays of one compute dtype (float32 or float64); `numpy_backend/__init__.py` converts
+tensors in and out. Shapes use T time, B batch, H hidden, P output size
 (proj_size or H), N rows of the time-major input (T*B, or sum(batch_sizes) when packed).
 
 Layout: the rows of `gates_x` are time-major. Step t owns rows [offset_t, offset_t + n_t), and
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from torch_lstm_ext import schedule
+from torch_lstm_ext.params import RecurrenceGrads, RecurrenceParams
 from torch_lstm_ext.profiling import stage
 from torch_lstm_ext.schedule import Step, Walk
 
@@ -187,18 +189,17 @@ def _gate_affine(hidden_size: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndar
 
 def lstm_forward(
     gates_x: np.ndarray,
-    w_hh: np.ndarray,
-    w_hr: np.ndarray | None,
     h0: np.ndarray,
     c0: np.ndarray,
+    p: RecurrenceParams,
     batch_sizes: np.ndarray | None,
     reverse: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Run the recurrence over a whole sequence.
+    """Run the recurrence over a whole sequence (no variant on).
 
     Args:
         gates_x: [N, 4H] input part of the gate pre-activations (x @ W_ih^T + biases).
-        w_hh: [4H, P]. w_hr: [P, H] or None. h0: [B, P]. c0: [B, H].
+        h0: [B, P]. c0: [B, H]. p: w_hh [4H, P], w_hr [P, H] or None, as NumPy arrays.
         batch_sizes: int64 [T] for packed input, or None (then N = T * B, all rows active).
         reverse: process time steps from last to first.
 
@@ -206,6 +207,7 @@ def lstm_forward(
         y [N, P], h_n [B, P], c_n [B, H], and for the backward the activated gates [N, 4H]
         and the cell states c_t [N, H]; all in the compute dtype.
     """
+    w_hh, w_hr = p.w_hh, p.w_hr
     dtype = gates_x.dtype
     N, G = gates_x.shape
     H = G // 4
@@ -303,27 +305,27 @@ def lstm_backward(
     grad_y: np.ndarray,
     grad_hn: np.ndarray,
     grad_cn: np.ndarray,
-    w_hh: np.ndarray,
-    w_hr: np.ndarray | None,
     h0: np.ndarray,
     c0: np.ndarray,
+    p: RecurrenceParams,
     batch_sizes: np.ndarray | None,
     reverse: bool,
     y: np.ndarray,
     gates: np.ndarray,
     cells: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+) -> RecurrenceGrads:
     """Gradients of `lstm_forward`.
 
     Args:
         grad_y [N, P], grad_hn [B, P], grad_cn [B, H]: gradients of the forward's outputs.
-        w_hh, w_hr, h0, c0, batch_sizes, reverse: as given to the forward.
+        h0, c0, p, batch_sizes, reverse: as given to the forward.
         y [N, P], gates [N, 4H], cells [N, H]: what the forward returned.
 
     Returns:
-        d_gates_x [N, 4H], d_w_hh [4H, P], d_w_hr [P, H] (None without projection),
-        d_h0 [B, P], d_c0 [B, H].
+        RecurrenceGrads of NumPy arrays: gates_x [N, 4H], h0 [B, P], c0 [B, H], w_hh [4H, P],
+        w_hr [P, H] (None without projection).
     """
+    w_hh, w_hr = p.w_hh, p.w_hr
     dtype = gates.dtype
     N, G = gates.shape
     H = G // 4
@@ -392,4 +394,4 @@ def lstm_backward(
         d_w_hr = None
         if r is not None:
             d_w_hr = (torch.from_numpy(dh).T @ torch.from_numpy(r)).numpy()
-    return d_gates, d_w_hh, d_w_hr, d_h0, dc
+    return RecurrenceGrads(d_gates, d_h0, dc, d_w_hh, d_w_hr)
