@@ -9,6 +9,7 @@ import torch
 
 import torch_lstm_ext
 from torch_lstm_ext.dtypes import compute_dtype
+from torch_lstm_ext.params import RecurrenceParams
 
 
 def _op_args(dtype, proj: bool, packed: bool, reverse: bool):
@@ -20,7 +21,8 @@ def _op_args(dtype, proj: bool, packed: bool, reverse: bool):
 
     batch_sizes = torch.tensor([3, 3, 2, 1]) if packed else None
     gates_x = randn(9, 4 * H) if packed else randn(4, B, 4 * H)
-    return (gates_x, randn(4 * H, P), randn(P, H) if proj else None, randn(B, P), randn(B, H), batch_sizes, reverse)
+    p = RecurrenceParams(randn(4 * H, P), randn(P, H) if proj else None)
+    return (gates_x, randn(B, P), randn(B, H), *p.op_args(), batch_sizes, reverse)
 
 
 CASES = [(False, False, False), (True, False, True), (False, True, False), (True, True, True)]
@@ -33,8 +35,8 @@ def test_opcheck_both_ops(dtype, proj, packed, reverse):
     torch.library.opcheck(torch.ops.torch_lstm_ext.lstm_fwd, fwd_args)
     y, h_n, c_n, gates, cells = torch.ops.torch_lstm_ext.lstm_fwd(*fwd_args)
     assert gates.dtype == cells.dtype == compute_dtype(dtype)
-    gates_x, w_hh, w_hr, h0, c0, batch_sizes, _ = fwd_args
-    bwd_args = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n), w_hh, w_hr, h0, c0,
+    gates_x, h0, c0, params, names, batch_sizes, _ = fwd_args
+    bwd_args = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n), h0, c0, params, names,
                 batch_sizes, reverse, y, gates, cells)
     torch.library.opcheck(torch.ops.torch_lstm_ext.lstm_bwd, bwd_args)
 

@@ -39,7 +39,8 @@ def test_function_gradcheck_and_gradgradcheck(proj, packed, reverse):
     tensors = (gates_x, w_hh, h0, c0) + ((w_hr,) if proj else ())
 
     def fn(gates_x, w_hh, h0, c0, *maybe_w_hr):
-        return LSTMFunction.apply(gates_x, w_hh, maybe_w_hr[0] if maybe_w_hr else None, h0, c0, batch_sizes, reverse)
+        names = ("w_hh", "w_hr")[: 1 + len(maybe_w_hr)]
+        return LSTMFunction.apply(gates_x, h0, c0, names, batch_sizes, reverse, None, None, w_hh, *maybe_w_hr)[:3]
 
     assert gradcheck(fn, tensors)
     assert gradgradcheck(fn, tensors)

@@ -34,7 +34,7 @@ from torch_lstm_ext.triton_kernels.cooperative_backward import (
 )
 from torch_lstm_ext.triton_kernels.layout import Layout
 from torch_lstm_ext.triton_kernels.persistent_backward import persistent_backward
-from torch_lstm_ext.params import Variants
+from torch_lstm_ext.params import RecurrenceGrads, Variants
 
 pytestmark = pytest.mark.interpreter
 
@@ -71,23 +71,21 @@ class Direction:
         return padded.index_copy_(0, self.rows, flat)
 
     def lstm_bwd(self, d_gates: Tensor, d_out: Tensor | None, r: Tensor | None, d_h0: Tensor, d_c0: Tensor,
-                 d_peephole: Tensor | None) -> tuple:
-        """lstm_bwd's outputs from this direction's kernel outputs (padded rows)."""
+                 d_peephole: Tensor | None) -> RecurrenceGrads:
+        """lstm_bwd's gradients from this direction's kernel outputs (padded rows)."""
         d_gates, d_out, r = (None if t is None else t.index_select(0, self.rows) for t in (d_gates, d_out, r))
         flat_y = self.y.reshape(-1, self.y.shape[-1])
         h_prev = torch.cat((flat_y, self.h0)).index_select(0, torch.from_numpy(self.layout.previous_rows()))
         acc = torch.float32
         d_w_hh = (d_gates.to(acc).T @ h_prev.to(acc)).to(self.w_hh.dtype)
-        empty = self.w_hh.new_empty(0)
-        if self.w_hr is None:
-            d_w_hr = empty
-        else:
+        d_w_hr = None
+        if self.w_hr is not None:
             zoneout_h = self.case.variants[4]
             if zoneout_h is not None:
                 d_out = d_out * (1.0 - zoneout_h.reshape(d_out.shape).to(acc))
             d_w_hr = (d_out.T @ r).to(self.w_hh.dtype)
         d_gates_x = d_gates.reshape(self.expected[1][0].shape)
-        return d_gates_x, d_w_hh, d_w_hr, d_h0, d_c0, empty if d_peephole is None else d_peephole, empty, empty
+        return RecurrenceGrads(d_gates_x, d_h0, d_c0, d_w_hh, d_w_hr, d_peephole)
 
 
 def _stack(tensors: list[Tensor | None]) -> Tensor | None:

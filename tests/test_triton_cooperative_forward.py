@@ -87,12 +87,12 @@ def run_cooperative(cases: list[Case], on_chip: bool | None = None) -> list[tupl
     if on_chip is not None:
         config = config._replace(weights_on_chip=on_chip)
     pads = [Padded(case) for case in cases]
-    v = Variants.of(
+    v = Variants(
         _stack([case.variants[0] for case in cases]), None, None,
         _stack([p.pad(case.variants[3]) for p, case in zip(pads, cases, strict=True)]),
         _stack([p.pad(case.variants[4]) for p, case in zip(pads, cases, strict=True)]),
         cases[0].variants[5],
-    )
+    ).as_rows()
     y, h_n, c_n, gates, cells = cooperative_forward(
         _stack([p.pad(case.forward[0]) for p, case in zip(pads, cases, strict=True)]),
         *(_stack([case.forward[k] for case in cases]) for k in range(1, 5)),

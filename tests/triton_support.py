@@ -14,16 +14,15 @@ from torch.nn.utils.rnn import pack_sequence
 
 from torch_lstm_ext import triton_kernels
 from torch_lstm_ext.config import BACKEND_ENV
+from torch_lstm_ext.params import RecurrenceGrads, RecurrenceParams, Variants
 from torch_lstm_ext.triton_kernels import step_graphs
 from torch_lstm_ext.triton_kernels.layout import Layout, device_index
 from torch_lstm_ext.triton_kernels.step_backward import step_backward
 from torch_lstm_ext.triton_kernels.step_forward import step_forward
-from torch_lstm_ext.params import Variants
 from torch_lstm_ext.triton_kernels.variant_backward import variant_backward
 from torch_lstm_ext.triton_kernels.variant_step_forward import variant_step_forward
 
 FORWARD_NAMES = ("y", "h_n", "c_n", "gates", "cells")
-BACKWARD_NAMES = ("d_gates_x", "d_w_hh", "d_w_hr", "d_h0", "d_c0", "d_peephole", "d_ln_hh_weight", "d_ln_c")
 NO_VARIANTS = (None,) * 6
 
 
@@ -100,35 +99,54 @@ def with_variants(
     return Case(case.forward, case.upstream, variants, grad_clip)
 
 
+def case_params(case: Case) -> RecurrenceParams:
+    """The case's RecurrenceParams (weights, variants, clips)."""
+    _, w_hh, w_hr, _, _, _, _ = case.forward
+    *tensors, cell_clip = case.variants
+    return RecurrenceParams(w_hh, w_hr, Variants(*tensors, cell_clip, case.grad_clip))
+
+
+def _forward_args(case: Case) -> tuple:
+    gates_x, _, _, h0, c0, batch_sizes, reverse = case.forward
+    p = case_params(case)
+    return (gates_x, h0, c0, *p.op_args(), batch_sizes, reverse, p.variants.cell_clip)
+
+
 def _backward_args(case: Case, forward_out) -> tuple:
-    gates_x, w_hh, w_hr, h0, c0, batch_sizes, reverse = case.forward
+    _, _, _, h0, c0, batch_sizes, reverse = case.forward
     y, _, _, gates, cells = forward_out
-    return (*case.upstream, w_hh, w_hr, h0, c0, batch_sizes, reverse, y, gates, cells, *case.variants,
-            case.grad_clip)
+    p = case_params(case)
+    return (*case.upstream, h0, c0, *p.op_args(), batch_sizes, reverse, y, gates, cells, p.variants.cell_clip,
+            p.variants.grad_clip)
 
 
-def run_op(case: Case, backend: str, monkeypatch: pytest.MonkeyPatch) -> tuple[tuple, tuple]:
-    """(lstm_fwd outputs, lstm_bwd outputs) through the ops with `backend`."""
+def run_op(case: Case, backend: str, monkeypatch: pytest.MonkeyPatch) -> tuple[tuple, RecurrenceGrads]:
+    """(lstm_fwd outputs, lstm_bwd's gradients) through the ops with `backend`."""
     with monkeypatch.context() as m:
         m.setenv(BACKEND_ENV, backend)
-        forward_out = torch.ops.torch_lstm_ext.lstm_fwd(*case.forward, *case.variants)
+        forward_out = torch.ops.torch_lstm_ext.lstm_fwd(*_forward_args(case))
         backward_out = torch.ops.torch_lstm_ext.lstm_bwd(*_backward_args(case, forward_out))
-    return tuple(forward_out), tuple(backward_out)
+    return tuple(forward_out), RecurrenceGrads.from_op(backward_out, case_params(case))
 
 
-def run_backward(case: Case, forward_out: tuple, backend: str, monkeypatch: pytest.MonkeyPatch) -> tuple:
-    """lstm_bwd's outputs through the ops with `backend`, from lstm_fwd's outputs `forward_out`
+def run_backward(case: Case, forward_out: tuple, backend: str, monkeypatch: pytest.MonkeyPatch) -> RecurrenceGrads:
+    """lstm_bwd's gradients through the ops with `backend`, from lstm_fwd's outputs `forward_out`
     (e.g. a kernel's: the backward then checks that they are what it consumes)."""
     with monkeypatch.context() as m:
         m.setenv(BACKEND_ENV, backend)
-        return tuple(torch.ops.torch_lstm_ext.lstm_bwd(*_backward_args(case, forward_out)))
+        backward_out = torch.ops.torch_lstm_ext.lstm_bwd(*_backward_args(case, forward_out))
+    return RecurrenceGrads.from_op(backward_out, case_params(case))
 
 
-def run_kernel(case: Case, kernel: str) -> tuple[tuple, tuple]:
-    """The same through triton_kernels with the kernel forced ('step' or 'persistent')."""
-    forward_out = triton_kernels.lstm_forward(*case.forward, *case.variants, kernel=kernel)
-    backward_out = triton_kernels.lstm_backward(*_backward_args(case, forward_out), kernel=kernel)
-    return tuple(forward_out), tuple(backward_out)
+def run_kernel(case: Case, kernel: str) -> tuple[tuple, RecurrenceGrads]:
+    """The same through triton_kernels with the kernel forced (one of dispatch.py's)."""
+    gates_x, _, _, h0, c0, batch_sizes, reverse = case.forward
+    p = case_params(case)
+    forward_out = triton_kernels.lstm_forward(gates_x, h0, c0, p, batch_sizes, reverse, kernel=kernel)
+    y, _, _, gates, cells = forward_out
+    backward_out = triton_kernels.lstm_backward(*case.upstream, h0, c0, p, batch_sizes, reverse, y, gates, cells,
+                                                kernel=kernel)
+    return tuple(forward_out), backward_out
 
 
 def assert_matches_reference(
@@ -137,8 +155,11 @@ def assert_matches_reference(
     """Every forward output and gradient: same shape and dtype, no NaN, close at the dtype's
     tolerance, or with `of_max` within that fraction of the expected tensor's largest magnitude."""
     rtol, atol = KERNEL_TOLERANCES[dtype]
-    for names, got, want in zip((FORWARD_NAMES, BACKWARD_NAMES), actual, expected, strict=True):
+    for names, got, want in zip((FORWARD_NAMES, RecurrenceGrads._fields), actual, expected, strict=True):
         for name, a, b in zip(names, got, want, strict=True):
+            assert (a is None) == (b is None), f"{name}: {a is None=} but {b is None=}"
+            if a is None:
+                continue
             assert a.shape == b.shape and a.dtype == b.dtype, f"{name}: {a.shape} {a.dtype} != {b.shape} {b.dtype}"
             assert a.device == b.device, f"{name}: on {a.device}, expected {b.device}"
             assert not a.isnan().any(), f"{name} has NaN (an unwritten row?)"
@@ -200,7 +221,7 @@ def run_step_launchers(case: Case, graphed: bool) -> tuple[tuple, tuple]:
         forward_out = forward(gates_x, w_hh, w_hr, h0, c0, layout)
         _, gates, cells = forward_out
         return forward_out, backward(grad_y, grad_hn, grad_cn, w_hh, w_hr, c0, gates, cells, layout)
-    v = Variants.of(*case.variants, case.grad_clip)
+    v = case_params(case).variants.as_rows()
     forward = step_graphs.graphed_variant_step_forward if graphed else variant_step_forward
     backward = step_graphs.graphed_variant_backward if graphed else variant_backward
     forward_out = forward(gates_x, w_hh, w_hr, h0, c0, layout, v)
