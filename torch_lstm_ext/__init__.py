@@ -3,6 +3,8 @@
 from torch_lstm_ext import init
 from torch_lstm_ext.autograd import LSTMFunction, lstm_layer
 from torch_lstm_ext.module import LSTM, LSTMCell
+from torch_lstm_ext.pruning import prune_hidden_units, prune_linear_inputs
 from torch_lstm_ext.replace import replace_lstm
 
-__all__ = ["LSTM", "LSTMCell", "LSTMFunction", "init", "lstm_layer", "replace_lstm"]
+__all__ = ["LSTM", "LSTMCell", "LSTMFunction", "init", "lstm_layer", "prune_hidden_units",
+           "prune_linear_inputs", "replace_lstm"]
