@@ -406,3 +406,13 @@ def test_prune_linear_inputs_bad_arguments():
         torch_lstm_ext.prune_linear_inputs(nn.Linear(2 * H, 2), kept[-1] + H, H)
     with pytest.raises(TypeError, match="nn.Linear"):
         torch_lstm_ext.prune_linear_inputs(nn.Conv1d(2 * H, 2, 1), kept[-1], H)
+
+
+def test_half_precision_lstm():
+    """bfloat16 weights: scores in float32 (as the LSTM computes), pruned parameters in bfloat16."""
+    lstm = nn.LSTM(I, H, num_layers=2, dtype=torch.bfloat16)
+    x = torch.randn(T, B, I, dtype=torch.bfloat16)
+    assert unit_activity(lstm, x)[0].dtype == torch.float32
+    pruned, _ = torch_lstm_ext.prune_hidden_units(lstm, 0.5, data=x)
+    assert all(p.dtype == torch.bfloat16 for p in pruned.parameters())
+    assert pruned(x)[0].shape == (T, B, 4)

@@ -101,14 +101,15 @@ def prune_linear_inputs(linear: nn.Linear, kept_last_layer: Tensor, hidden_size:
 
 
 def weight_norms(lstm: nn.Module) -> list[Tensor]:
-    """Per layer [D, H]: each unit's L2 norm over its 4 gate rows of weight_ih and weight_hh."""
+    """Per layer [D, H]: each unit's L2 norm over its 4 gate rows of weight_ih and weight_hh
+    (float32 at least)."""
     hidden, directions = lstm.hidden_size, 2 if lstm.bidirectional else 1
     norms = []
     with torch.no_grad():
         for layer in range(lstm.num_layers):
             per_direction = []
             for suffix in _suffixes(layer, directions):
-                squares = sum(getattr(lstm, f"{kind}_{suffix}").pow(2).sum(1).view(4, hidden)
+                squares = sum(_float(getattr(lstm, f"{kind}_{suffix}")).pow(2).sum(1).view(4, hidden)
                               for kind in ("weight_ih", "weight_hh"))
                 per_direction.append(squares.sum(0).sqrt())
             norms.append(torch.stack(per_direction))
@@ -119,9 +120,10 @@ def weight_norms(lstm: nn.Module) -> list[Tensor]:
 def unit_activity(lstm: nn.Module, data: Tensor | PackedSequence) -> list[Tensor]:
     """Per layer [D, H]: each unit's mean |h_t| over the valid positions of `data` (module
     docstring: o * tanh(c) with a projection), computed by a plain torch loop over time in eval
-    mode. Bad `data` raises what nn.LSTM's forward would for it."""
+    mode, in float32 at least. Bad `data` raises what nn.LSTM's forward would for it."""
     x, lengths = _time_major(lstm, data)
-    steps, batch = x.shape[:2]
+    x = _float(x)
+    steps = x.shape[0]
     valid = (torch.arange(steps, device=x.device)[:, None] < lengths.to(x.device)[None, :])
     count = int(valid.sum())
     if count == 0:
@@ -140,7 +142,7 @@ def unit_activity(lstm: nn.Module, data: Tensor | PackedSequence) -> list[Tensor
                 y, unit_h = _flip(y, reverse_rows), _flip(unit_h, reverse_rows)
             means.append((unit_h.abs() * valid).sum((0, 1)) / count)
             outputs.append(y)
-        stats.append(torch.stack(means).to(lstm.weight_ih_l0.dtype))
+        stats.append(torch.stack(means))
         x = torch.cat(outputs, dim=-1)
     return stats
 
@@ -251,6 +253,11 @@ def _flip(x: Tensor, rows: Tensor) -> Tensor:
     return x.gather(0, index)
 
 
+def _float(x: Tensor) -> Tensor:
+    """Half types in float32, as the LSTM computes them; float32 and float64 as they are."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _layer_norm(x: Tensor) -> Tensor:
     return F.layer_norm(x, x.shape[-1:], eps=LN_EPS)
 
@@ -263,16 +270,13 @@ def _direction_forward(lstm: nn.Module, suffix: str, variants: VariantConfig,
     before the projection). Positions past a sequence's end hold garbage that no valid position
     reads: padding only ever follows a sequence.
     """
-    compute = torch.promote_types(x.dtype, torch.float32)  # half types: float32 math, as the LSTM
-
     def param(kind: str) -> Tensor | None:
         value = getattr(lstm, f"{kind}_{suffix}", None)
-        return None if value is None else value.to(compute)
+        return None if value is None else _float(value)
 
     w_ih, w_hh, w_hr = param("weight_ih"), param("weight_hh"), param("weight_hr")
     bias = param("bias_ih") + param("bias_hh") if lstm.bias else 0.0
     z_c, z_h = variants.zoneout_cell, variants.zoneout_hidden  # eval: the expected mixing weight
-    x = x.to(compute)
     gates_x = x @ w_ih.T
     if variants.layer_norm:
         gates_x = _layer_norm(gates_x) * param("ln_ih_weight")
