@@ -1,6 +1,6 @@
 """torch_lstm_ext: a fast, compile-friendly drop-in replacement for torch.nn.LSTM."""
 
-from torch_lstm_ext import init
+from torch_lstm_ext import init, quantization  # noqa: F401  quantization wraps quantize_dynamic on import
 from torch_lstm_ext.autograd import LSTMFunction, lstm_layer
 from torch_lstm_ext.module import LSTM, LSTMCell
 from torch_lstm_ext.pruning import prune_hidden_units, prune_linear_inputs
