@@ -109,7 +109,8 @@ def exported(request, bundle):
 
 
 def _run_onnx(session, inputs: tuple) -> list[torch.Tensor]:
-    leaves = torch.utils._pytree.tree_leaves(inputs)
+    """inputs: (x, then tensors or (h0, c0) pairs), fed in the ONNX graph's (flattened) order."""
+    leaves = [t for item in inputs for t in (item if isinstance(item, tuple) else (item,))]
     names = [i.name for i in session.get_inputs()]
     assert len(names) == len(leaves)
     return [torch.from_numpy(a) for a in session.run(None, dict(zip(names, (t.numpy() for t in leaves))))]

@@ -12,7 +12,7 @@ module's F.linear, the node takes x, W_ih and the bias themselves, as nn.LSTM's 
 does, and the MatMul / Add are left without consumers for the exporter's optimizer to drop.
 Any other gates_x (the functional entry fed gates from elsewhere) goes in as X with a constant
 0/1 matrix W [1, 4H, 4H] that only reorders the gates: exact (products by 1 and 0), but
-T * B * 16 H^2 more multiply-adds, which made onnxruntime 3-4x slower (.drafts/onnx.md).
+T * B * 16 H^2 more multiply-adds: 1.8-4.5x slower in onnxruntime (.drafts/onnx.md).
 
 Supported: layers, bidirectional (a reverse-direction node), batch_first, given or default
 h0 / c0, dynamic T and B, peephole (ONNX's P input, order i, o, f). Refused with
