@@ -91,3 +91,16 @@ def test_checkpoint_sweep_runs_and_reports(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "seed 4: 0 of 2 configurations differ beyond rounding" in result.stdout
     assert "worst difference:" in result.stdout
+
+
+def test_prune_example_quick(tmp_path):
+    """scripts/prune_example.py --quick: trains, prunes half the units, fine-tunes and times both LSTMs."""
+    result = _run([str(SCRIPTS / "prune_example.py"), "--quick", "--threads", "1"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {cells[0]: cells[1:] for line in result.stdout.splitlines() if line.startswith("| ")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    original = int(rows["trained, H=128 (10 steps)"][0])
+    pruned = int(rows["pruned by activation + 3 fine-tune steps"][0])
+    assert pruned < original / 2  # the LSTM's weights shrink 4x at half the units; the embedding does not
+    assert all(float(rows[name][1]) > 0 for name in rows if name.startswith(("trained", "pruned")))
+    assert all(float(rows[impl][2].rstrip("x")) > 0 for impl in ("ours", "nn.LSTM"))

@@ -25,6 +25,7 @@ from support import KERNEL_TOLERANCES
 from torch import Tensor
 from triton_support import Case, assert_matches_reference, make_case, run_op, with_variants
 
+from torch_lstm_ext.params import RecurrenceGrads, Variants
 from torch_lstm_ext.triton_kernels import buffers
 from torch_lstm_ext.triton_kernels.cooperative_backward import (
     INTERPRETER_SMS,
@@ -34,7 +35,6 @@ from torch_lstm_ext.triton_kernels.cooperative_backward import (
 )
 from torch_lstm_ext.triton_kernels.layout import Layout
 from torch_lstm_ext.triton_kernels.persistent_backward import persistent_backward
-from torch_lstm_ext.params import RecurrenceGrads, Variants
 
 pytestmark = pytest.mark.interpreter
 

@@ -28,11 +28,11 @@ from support import KERNEL_TOLERANCES
 from torch import Tensor
 from triton_support import Case, assert_matches_reference, make_case, run_backward, run_op, with_variants
 
+from torch_lstm_ext.params import Variants
 from torch_lstm_ext.triton_kernels import buffers
 from torch_lstm_ext.triton_kernels.cooperative_forward import ForwardPlan, cooperative_forward, plan
 from torch_lstm_ext.triton_kernels.layout import Layout
 from torch_lstm_ext.triton_kernels.persistent_forward import persistent_forward
-from torch_lstm_ext.params import Variants
 
 pytestmark = pytest.mark.interpreter
 

@@ -38,7 +38,8 @@ def _gradients(ctx, grad_y: Tensor, grad_hn: Tensor, grad_cn: Tensor) -> Recurre
     gates_x, h0, c0, batch_sizes, y, gates, cells, *tensors = ctx.saved_tensors
     p = RecurrenceParams.from_op(tensors, ctx.param_names, ctx.cell_clip, ctx.grad_clip)
     if torch.is_grad_enabled():
-        return _differentiable_gradients(gates_x, h0, c0, p, batch_sizes, ctx.reverse, (grad_y, grad_hn, grad_cn))
+        upstream = (grad_y, grad_hn, grad_cn)
+        return _differentiable_gradients(gates_x, h0, c0, p, batch_sizes, ctx.reverse, upstream)
     outputs = torch.ops.torch_lstm_ext.lstm_bwd(
         grad_y.contiguous(), grad_hn.contiguous(), grad_cn.contiguous(), h0, c0, tensors, ctx.param_names,
         batch_sizes, ctx.reverse, y, gates, cells, p.variants.cell_clip, p.variants.grad_clip,
@@ -86,14 +87,14 @@ class LSTMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(gates_x, h0, c0, param_names, batch_sizes, reverse, cell_clip, grad_clip, *params):
-        return torch.ops.torch_lstm_ext.lstm_fwd(gates_x, h0, c0, list(params), list(param_names), batch_sizes,
-                                                 reverse, cell_clip, grad_clip)
+        return torch.ops.torch_lstm_ext.lstm_fwd(gates_x, h0, c0, list(params), list(param_names),
+                                                 batch_sizes, reverse, cell_clip, grad_clip)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         gates_x, h0, c0, names, batch_sizes, reverse, cell_clip, grad_clip, *params = inputs
-        _save(ctx, gates_x, h0, c0, RecurrenceParams.from_op(params, names, cell_clip, grad_clip), batch_sizes,
-              reverse, output)
+        p = RecurrenceParams.from_op(params, names, cell_clip, grad_clip)
+        _save(ctx, gates_x, h0, c0, p, batch_sizes, reverse, output)
         ctx.mark_non_differentiable(output[3], output[4])
 
     @staticmethod
@@ -110,8 +111,8 @@ class LSTMFunction(torch.autograd.Function):
 
 def _op_setup_context(ctx, inputs, output) -> None:
     gates_x, h0, c0, params, names, batch_sizes, reverse, cell_clip, grad_clip = inputs
-    _save(ctx, gates_x, h0, c0, RecurrenceParams.from_op(params, names, cell_clip, grad_clip), batch_sizes,
-          reverse, output)
+    p = RecurrenceParams.from_op(params, names, cell_clip, grad_clip)
+    _save(ctx, gates_x, h0, c0, p, batch_sizes, reverse, output)
 
 
 def _op_backward(ctx, grad_y, grad_hn, grad_cn, _grad_gates, _grad_cells):

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from torch_lstm_ext.params import WEIGHT_NAMES
 
+
 def _select(t, dim: int | None, index: int):
     if isinstance(t, list):
         dims = dim if isinstance(dim, (list, tuple)) else [None] * len(t)
@@ -61,8 +62,8 @@ def lstm_fwd_rule(info, in_dims: Sequence, gates_x, h0, c0, params, param_names,
     p_dims = p_dims if isinstance(p_dims, (list, tuple)) else [None] * len(params)
     shared_weights = all(d is None for d, name in zip(p_dims, param_names) if name in WEIGHT_NAMES)
     if batch_sizes is not None or gates_x.dim() - (g_dim is not None) != 3 or not shared_weights:
-        return loop_rule(op)(info, in_dims, gates_x, h0, c0, params, param_names, batch_sizes, reverse, cell_clip,
-                             grad_clip)
+        args = (gates_x, h0, c0, params, param_names, batch_sizes, reverse, cell_clip, grad_clip)
+        return loop_rule(op)(info, in_dims, *args)
     size = info.batch_size
     # The weights are shared; the zoneout weights are per row, like gates_x.
     folded = [t if name in WEIGHT_NAMES else _time_major_with_vmap(t, d, size)

@@ -59,9 +59,11 @@ def _block_params(p: RecurrenceParams, block: Block, packed: bool) -> Recurrence
                                           zoneout_h=_part(v.zoneout_h, block, packed)))
 
 
-def _params(w: LayerWeights, zoneout_c: Tensor | None, zoneout_h: Tensor | None, clips: tuple) -> RecurrenceParams:
+def _params(w: LayerWeights, zoneout_c: Tensor | None, zoneout_h: Tensor | None,
+            clips: tuple) -> RecurrenceParams:
     """The recurrence's parameters over all rows; clips = (cell_clip, grad_clip)."""
-    return RecurrenceParams(w.w_hh, w.w_hr, Variants(w.peephole, w.ln_hh, w.ln_c, zoneout_c, zoneout_h, *clips))
+    variants = Variants(w.peephole, w.ln_hh, w.ln_c, zoneout_c, zoneout_h, *clips)
+    return RecurrenceParams(w.w_hh, w.w_hr, variants)
 
 
 class CheckpointedLayer(torch.autograd.Function):
@@ -82,9 +84,10 @@ class CheckpointedLayer(torch.autograd.Function):
         for block in blocks:
             starts += [h, c]
             sizes = None if not packed else batch_sizes[block.t0 : block.t1]
+            block_params = _block_params(p, block, packed).op_args()
             y, h, c, _, _ = torch.ops.torch_lstm_ext.lstm_fwd(
-                input_projection(_part(x, block, packed), w), h, c, *_block_params(p, block, packed).op_args(),
-                sizes, reverse, variants.cell_clip, variants.grad_clip,
+                input_projection(_part(x, block, packed), w), h, c, *block_params, sizes, reverse,
+                variants.cell_clip, variants.grad_clip,
             )
             _part(output, block, packed).copy_(y)
         ctx.save_for_backward(x, batch_sizes, zoneout_c, zoneout_h, *weights, *starts)
@@ -114,8 +117,8 @@ class CheckpointedLayer(torch.autograd.Function):
             x_block = _part(x, block, packed)
             block_params = _block_params(p, block, packed).op_args()
             y, _, _, gates, cells = torch.ops.torch_lstm_ext.lstm_fwd(
-                input_projection(x_block, w), h_start, c_start, *block_params, sizes, ctx.reverse, v.cell_clip,
-                v.grad_clip,
+                input_projection(x_block, w), h_start, c_start, *block_params, sizes, ctx.reverse,
+                v.cell_clip, v.grad_clip,
             )
             g = RecurrenceGrads.from_op(torch.ops.torch_lstm_ext.lstm_bwd(
                 _part(grad_y, block, packed).contiguous(), dh, dc, h_start, c_start, *block_params, sizes,

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
-from torch_lstm_ext import functional
+from torch_lstm_ext import autocast, functional
 from torch_lstm_ext.projection import LayerWeights
 from torch_lstm_ext.validation import (
     check_cell_forward_args,
@@ -241,10 +241,19 @@ class LSTM(nn.Module):
         if sorted_indices is not None:
             h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
 
-        output, h_n, c_n = functional.lstm(
-            data, h0, c0, self._layer_weights(), self.num_layers, self.dropout, self.training,
-            self.bidirectional, batch_sizes, self.variants,
-        )
+        weights = self._layer_weights()
+        # Under autocast: run in the dtype nn.LSTM's GEMMs see and return the dtypes it returns.
+        dtypes = autocast.lstm_dtypes(data, c0, self.proj_size, batch_sizes)
+        if dtypes is not None:
+            data, h0, c0 = data.to(dtypes.run), h0.to(dtypes.run), c0.to(dtypes.run)
+            weights = autocast.cast_weights(weights, dtypes.run)
+        with autocast.suspended(data.device.type, dtypes):
+            output, h_n, c_n = functional.lstm(
+                data, h0, c0, weights, self.num_layers, self.dropout, self.training,
+                self.bidirectional, batch_sizes, self.variants,
+            )
+        if dtypes is not None:
+            output, h_n, c_n = output.to(dtypes.hidden), h_n.to(dtypes.hidden), c_n.to(dtypes.cell)
 
         if unsorted_indices is not None:
             h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
@@ -340,8 +349,16 @@ class LSTMCell(nn.Module):
             h, c = hx[0].unsqueeze(0), hx[1].unsqueeze(0)
             two_states(hx, "lstm_cell")
         check_cell_forward_args(self, input, h, c)
-        weights = LayerWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None)
-        h_new, c_new = functional.lstm_cell(input, h, c, weights)
+        w_ih, w_hh, b_ih, b_hh = self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        # Under autocast, as in LSTM.forward, with nn.LSTMCell's dtypes.
+        dtypes = autocast.cell_dtypes(input, c)
+        if dtypes is not None:
+            input, h, c, w_ih, w_hh = (t.to(dtypes.run) for t in (input, h, c, w_ih, w_hh))
+            b_ih, b_hh = (None if b is None else b.to(dtypes.run) for b in (b_ih, b_hh))
+        with autocast.suspended(input.device.type, dtypes):
+            h_new, c_new = functional.lstm_cell(input, h, c, LayerWeights(w_ih, w_hh, b_ih, b_hh, None))
+        if dtypes is not None:
+            h_new, c_new = h_new.to(dtypes.hidden), c_new.to(dtypes.cell)
         if not is_batched:
             return h_new.squeeze(0), c_new.squeeze(0)
         return h_new, c_new

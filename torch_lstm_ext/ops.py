@@ -97,7 +97,8 @@ for _device in ("CPU", "CUDA"):
 
 
 @torch.library.register_fake("torch_lstm_ext::lstm_fwd", lib=_LIB)
-def _lstm_fwd_fake(gates_x, h0, c0, params, param_names, batch_sizes, reverse, cell_clip=None, grad_clip=None):
+def _lstm_fwd_fake(gates_x, h0, c0, params, param_names, batch_sizes, reverse, cell_clip=None,
+                   grad_clip=None):
     acc = compute_dtype(gates_x.dtype)
     lead = gates_x.shape[:-1]
     return (
@@ -110,8 +111,8 @@ def _lstm_fwd_fake(gates_x, h0, c0, params, param_names, batch_sizes, reverse, c
 
 
 @torch.library.register_fake("torch_lstm_ext::lstm_bwd", lib=_LIB)
-def _lstm_bwd_fake(grad_y, grad_hn, grad_cn, h0, c0, params, param_names, batch_sizes, reverse, y, gates, cells,
-                   cell_clip=None, grad_clip=None):
+def _lstm_bwd_fake(grad_y, grad_hn, grad_cn, h0, c0, params, param_names, batch_sizes, reverse, y, gates,
+                   cells, cell_clip=None, grad_clip=None):
     p = RecurrenceParams.from_op(params, param_names, cell_clip, grad_clip)
     w = p.w_hh
 

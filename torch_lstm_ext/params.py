@@ -149,7 +149,8 @@ class RecurrenceGrads(NamedTuple):
         """As the lstm_bwd op returns them: (d_gates_x, d_h0, d_c0, [the gradient of each weight
         present in `params`, in param_names' order])."""
         present = params.named_tensors()
-        return self.gates_x, self.h0, self.c0, [getattr(self, name) for name in WEIGHT_NAMES if name in present]
+        weights = [getattr(self, name) for name in WEIGHT_NAMES if name in present]
+        return self.gates_x, self.h0, self.c0, weights
 
     @classmethod
     def from_op(cls, outputs: Sequence, params: RecurrenceParams) -> RecurrenceGrads:

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from torch_lstm_ext.dtypes import compute_dtype
 from torch_lstm_ext.differentiable_recurrence import LN_EPS
+from torch_lstm_ext.dtypes import compute_dtype
 
 
 class LayerWeights(NamedTuple):

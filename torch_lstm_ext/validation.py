@@ -9,6 +9,8 @@ import warnings
 import torch
 from torch import Tensor
 
+from torch_lstm_ext.autocast import enabled as autocast_enabled
+
 
 def check_lstm_config(
     input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size
@@ -91,7 +93,8 @@ def check_lstm_forward_args(
     data: [T, B, I] or packed [N, I]; h0 [L*D, B, P]; c0 [L*D, B, H].
     """
     weight_dtype = lstm.weight_ih_l0.dtype
-    if data.dtype != weight_dtype and not torch.is_autocast_enabled(data.device.type):
+    autocast = autocast_enabled(data.device.type)
+    if data.dtype != weight_dtype and not autocast:
         # nn.LSTM checks a packed input's dtype only in its kernel, which raises RuntimeError.
         raise (RuntimeError if packed else ValueError)(
             f"RNN input dtype ({data.dtype}) does not match weight dtype ({weight_dtype}). "
@@ -115,7 +118,7 @@ def check_lstm_forward_args(
     if not packed and data.size(0) == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
     for name, state in (("hx", h0), ("cx", c0)):
-        if state.dtype != data.dtype:
+        if state.dtype != data.dtype and not autocast:
             raise RuntimeError(
                 f"Expected {name} to have the same dtype as input ({data.dtype}), got {state.dtype}"
             )
@@ -124,6 +127,20 @@ def check_lstm_forward_args(
                 f"Expected {name} to be on the same device as input ({data.device}), "
                 f"got {state.device}"
             )
+    if autocast:
+        weights = {n: w for n, w in zip(lstm._flat_weights_names, lstm._flat_weights) if w is not None}
+        gemm = {"input": data, "hx": h0, **weights}
+        if data.device.type == "cpu":
+            # c0 meets only the cell update, which promotes: fine with float64 GEMMs, but a
+            # float64 c0 next to cast GEMMs makes h float64, which the next step's GEMM refuses.
+            _check_autocast_dtypes("LSTM", gemm, {"cx": c0})
+            if c0.dtype == torch.float64 and data.dtype != torch.float64:
+                raise RuntimeError(
+                    f"LSTM under autocast: cx float64 but input {data.dtype}: autocast does not cast "
+                    "float64, so the recurrent GEMM would mix dtypes; make them all float64 or none"
+                )
+        else:  # cuDNN's autocast wrapper casts c0 with the rest
+            _check_autocast_dtypes("LSTM", {**gemm, "cx": c0}, {})
     # nn.LSTM's constructor takes these as given; its kernel's argument parser refuses them.
     if not isinstance(lstm.bidirectional, bool):
         raise TypeError(f"bidirectional should be of type bool, got: {type(lstm.bidirectional).__name__}")
@@ -149,11 +166,38 @@ def check_cell_forward_args(cell, input: Tensor, h: Tensor, c: Tensor) -> None:
             raise RuntimeError(
                 f"hidden{idx} has inconsistent hidden_size: got {state.size(1)}, expected {cell.hidden_size}"
             )
+    autocast = autocast_enabled(input.device.type)
     for t in (input, h, c):
-        if t.dtype != cell.weight_ih.dtype:
+        if t.dtype != cell.weight_ih.dtype and not autocast:
             raise RuntimeError(f"expected scalar type {cell.weight_ih.dtype} but found {t.dtype}")
         if t.device != cell.weight_ih.device:
             raise RuntimeError(
                 f"Expected all tensors to be on the same device as the weights ({cell.weight_ih.device}), "
                 f"got {t.device}"
             )
+    if autocast:
+        # On the CPU nn.LSTMCell's c only meets the gates in the (promoting) cell update; on CUDA
+        # its lstm_cell kernel sees every tensor.
+        gemm = {"input": input, "hx": h}
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            if getattr(cell, name) is not None:
+                gemm[name] = getattr(cell, name)
+        on_cpu = input.device.type == "cpu"
+        _check_autocast_dtypes("LSTMCell", gemm if on_cpu else {**gemm, "cx": c}, {"cx": c} if on_cpu else {})
+
+
+def _check_autocast_dtypes(op: str, gemm: dict[str, Tensor], others: dict[str, Tensor]) -> None:
+    """Under autocast nn.LSTM / nn.LSTMCell take any mix of floating dtypes, as autocast casts the
+    GEMM operands `gemm` (weights included) to one dtype. It leaves float64 as it is, so float64
+    runs only with every GEMM operand float64: a mix fails in nn.LSTM's GEMMs (RuntimeError).
+    `others` (tensors no GEMM reads) only need to be floating point."""
+    for name, t in {**gemm, **others}.items():
+        if not t.is_floating_point():
+            raise RuntimeError(f"{op} under autocast: expected {name} to be floating point, got {t.dtype}")
+    wide = [name for name, t in gemm.items() if t.dtype == torch.float64]
+    narrow = [f"{name} ({t.dtype})" for name, t in gemm.items() if t.dtype != torch.float64]
+    if wide and narrow:
+        raise RuntimeError(
+            f"{op} under autocast: {', '.join(wide)} float64 but {', '.join(narrow)} not: autocast "
+            "does not cast float64, so the GEMMs would mix dtypes; make them all float64 or none"
+        )

@@ -38,11 +38,11 @@ import triton.language as tl
 from torch import Tensor
 
 from torch_lstm_ext.config import triton_interpreter_enabled
+from torch_lstm_ext.params import Variants
 from torch_lstm_ext.triton_kernels.buffers import kernel_output
 from torch_lstm_ext.triton_kernels.grid_sync import arrival_counters, arrive, launch_resident, wait_for
 from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, tanh
 from torch_lstm_ext.triton_kernels.tuning import dot_dtype, feature_block
-from torch_lstm_ext.params import Variants
 
 
 @triton.jit
@@ -572,13 +572,15 @@ def _launch(grad_y, grad_hn, grad_cn, w_hh, w_hr, c0, lengths, gates, cells, v: 
         counters = arrival_counters(2 if has_proj else 1, T, config.grid[1] * config.grid[2], grad_y.device)
     peephole, _, _, zoneout_c, zoneout_h = v.tensors(stand_in)
 
-    def args(s_begin: int, s_end: int) -> tuple:
-        return (
-            grad_y, dh_in, dc_in, w_hh, w_hr if has_proj else w_hh, c0, lengths, gates, cells,
-            peephole, zoneout_c, zoneout_h,
-            d_gates, d_out if has_proj else stand_in, r if r is not None else stand_in, d_h0, d_c0,
-            d_peephole if d_peephole is not None else stand_in, counters,
-            s_begin, s_end, T, B, v.cell_clip_value, v.grad_clip_value,
+    def args(s_begin: int, s_end: int) -> dict:
+        return dict(
+            grad_y_ptr=grad_y, dh_in_ptr=dh_in, dc_in_ptr=dc_in, w_hh_ptr=w_hh,
+            w_hr_ptr=w_hr if has_proj else w_hh, c0_ptr=c0, lengths_ptr=lengths, gates_ptr=gates,
+            cells_ptr=cells, peephole_ptr=peephole, zc_ptr=zoneout_c, zh_ptr=zoneout_h,
+            d_gates_ptr=d_gates, d_out_ptr=d_out if has_proj else stand_in,
+            r_rows_ptr=r if r is not None else stand_in, d_h0_ptr=d_h0, d_c0_ptr=d_c0,
+            d_peephole_ptr=d_peephole if d_peephole is not None else stand_in, counters_ptr=counters,
+            s_begin=s_begin, s_end=s_end, T=T, B=B, cell_clip=v.cell_clip_value, grad_clip=v.grad_clip_value,
         )
 
     constexprs = dict(
@@ -592,11 +594,11 @@ def _launch(grad_y, grad_hn, grad_cn, w_hh, w_hr, c0, lengths, gates, cells, v: 
     )
     kernel = lstm_cooperative_backward_kernel
     if not step_mode:
-        launch_resident(kernel, config.grid, grad_y.device, *args(0, T), STEP_PER_LAUNCH=False, PHASE=0,
+        launch_resident(kernel, config.grid, grad_y.device, **args(0, T), STEP_PER_LAUNCH=False, PHASE=0,
                         **constexprs)
         return
     phases = (0, 1) if has_proj else (0,)
     for s in range(T):
         for phase in phases:
-            kernel[config.grid](*args(s, s + 1), STEP_PER_LAUNCH=True, PHASE=phase, **constexprs)
-    kernel[config.grid](*args(T, T), STEP_PER_LAUNCH=True, PHASE=0, **constexprs)
+            kernel[config.grid](**args(s, s + 1), STEP_PER_LAUNCH=True, PHASE=phase, **constexprs)
+    kernel[config.grid](**args(T, T), STEP_PER_LAUNCH=True, PHASE=0, **constexprs)

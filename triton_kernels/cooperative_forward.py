@@ -43,11 +43,11 @@ import triton.language as tl
 from torch import Tensor
 
 from torch_lstm_ext.config import triton_interpreter_enabled
+from torch_lstm_ext.params import Variants
 from torch_lstm_ext.triton_kernels.buffers import kernel_output
 from torch_lstm_ext.triton_kernels.grid_sync import arrival_counters, arrive, launch_resident, wait_for
 from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, store_gates, tanh
 from torch_lstm_ext.triton_kernels.tuning import dot_dtype, feature_block
-from torch_lstm_ext.params import Variants
 from torch_lstm_ext.triton_kernels.variant_step_forward import load_vector
 
 
@@ -425,8 +425,12 @@ def cooperative_forward(
     counters = arrival_counters(2 if has_proj else 1, T, D * config.grid[1], device)
     stand_in = w_hh  # the pointer of a variant that is off (never read)
     peephole, _, _, zoneout_c, zoneout_h = v.tensors(stand_in)
-    args = (gates_x, w_hh, w_hr if has_proj else w_hh, h0, c0, lengths, peephole, zoneout_c, zoneout_h,
-            y, gates, cells, r, h_n, c_n, counters, T, B)
+    args = dict(
+        gx_ptr=gates_x, w_hh_ptr=w_hh, w_hr_ptr=w_hr if has_proj else w_hh, h0_ptr=h0, c0_ptr=c0,
+        lengths_ptr=lengths, peephole_ptr=peephole, zc_ptr=zoneout_c, zh_ptr=zoneout_h,
+        y_ptr=y, gates_ptr=gates, cells_ptr=cells, r_ptr=r, h_n_ptr=h_n, c_n_ptr=c_n, counters_ptr=counters,
+        T=T, B=B, reverse=int(reverse), cell_clip=v.cell_clip_value,
+    )
     constexprs = dict(
         H=H, P=P, HAS_PROJ=has_proj, PEEPHOLE=v.peephole is not None, ZONEOUT_C=v.zoneout_c is not None,
         ZONEOUT_H=v.zoneout_h is not None, CELL_CLIP=v.cell_clip is not None,
@@ -439,9 +443,9 @@ def cooperative_forward(
     if triton_interpreter_enabled():
         for s in range(T):
             for phase in (1, 2) if has_proj else (1,):
-                kernel[config.grid](*args, s, 1, int(reverse), v.cell_clip_value, **constexprs,
+                kernel[config.grid](**args, first_step=s, num_steps=1, **constexprs,
                                     STEP_PER_LAUNCH=True, PHASE=phase)
     else:
-        launch_resident(kernel, config.grid, device, *args, 0, T, int(reverse), v.cell_clip_value,
-                        **constexprs, STEP_PER_LAUNCH=False, PHASE=0)
+        launch_resident(kernel, config.grid, device, **args, first_step=0, num_steps=T, **constexprs,
+                        STEP_PER_LAUNCH=False, PHASE=0)
     return y, h_n, c_n, gates, cells

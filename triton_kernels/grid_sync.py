@@ -113,6 +113,8 @@ def launch_resident(kernel, grid: tuple[int, ...], device: torch.device, *args, 
     """Launch `kernel[grid](*args, **kwargs)` as a cooperative grid, after checking on the host
     that all its programs fit on `device` at once (GPU only: the interpreter has no driver).
 
+    The launchers pass the kernel's arguments by keyword, named as its parameters; warmup binds
+    them as the launch does, so both see the same arguments and compile the same kernel.
     The compiled kernel (warmup compiles or fetches it from Triton's cache) gives the footprint;
     the cooperative launch makes the driver refuse, rather than hang, a grid the check let pass.
     """

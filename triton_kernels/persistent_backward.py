@@ -135,8 +135,11 @@ def persistent_backward(
     d_h0 = kernel_output((B, P), grad_hn.dtype, device)
     d_c0 = kernel_output((B, H), grad_cn.dtype, device)
     lstm_persistent_backward_kernel[(triton.cdiv(B, BLOCK_B),)](
-        grad_y, grad_hn, grad_cn, w_hh, w_hr if w_hr is not None else w_hh, c0, lengths,
-        gates, cells, d_gates, d_out if d_out is not None else d_gates, d_h0, d_c0, T, B, H, P,
+        grad_y_ptr=grad_y, grad_hn_ptr=grad_hn, grad_cn_ptr=grad_cn, w_hh_ptr=w_hh,
+        w_hr_ptr=w_hr if w_hr is not None else w_hh, c0_ptr=c0, lengths_ptr=lengths,
+        gates_ptr=gates, cells_ptr=cells,
+        d_gates_ptr=d_gates, d_out_ptr=d_out if d_out is not None else d_gates, d_h0_ptr=d_h0,
+        d_c0_ptr=d_c0, T=T, B=B, H=H, P=P,
         REVERSE=reverse, HAS_PROJ=w_hr is not None, DOT_DTYPE=dot_dtype(grad_y.dtype),
         BLOCK_B=BLOCK_B, BLOCK_H=feature_block(H), BLOCK_P=feature_block(P),
         num_warps=NUM_WARPS, num_stages=1,

@@ -116,8 +116,9 @@ def persistent_forward(
     h_n = kernel_output((B, P), h0.dtype, device)
     c_n = kernel_output((B, H), c0.dtype, device)
     lstm_persistent_forward_kernel[(triton.cdiv(B, BLOCK_B),)](
-        gates_x, w_hh, w_hr if w_hr is not None else w_hh, h0, c0, lengths,
-        y, gates, cells, h_n, c_n, T, B, H, P,
+        gx_ptr=gates_x, w_hh_ptr=w_hh, w_hr_ptr=w_hr if w_hr is not None else w_hh, h0_ptr=h0,
+        c0_ptr=c0, lengths_ptr=lengths,
+        y_ptr=y, gates_ptr=gates, cells_ptr=cells, h_n_ptr=h_n, c_n_ptr=c_n, T=T, B=B, H=H, P=P,
         REVERSE=reverse, HAS_PROJ=w_hr is not None, DOT_DTYPE=dot_dtype(gates_x.dtype),
         BLOCK_B=BLOCK_B, BLOCK_H=feature_block(H), BLOCK_P=feature_block(P),
         num_warps=NUM_WARPS, num_stages=1,

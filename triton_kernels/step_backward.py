@@ -160,14 +160,16 @@ def step_backward(
     for step in reversed(steps):
         if d_out is not None:
             lstm_step_grad_h_kernel[step_grid(step.n, block_b, P)](
-                grad_y, grad_hn, d_gates, w_hh, d_out,
-                step.offset, step.n, later_offset, later_n, H, P,
+                grad_y_ptr=grad_y, grad_hn_ptr=grad_hn, d_gates_ptr=d_gates, w_hh_ptr=w_hh, d_out_ptr=d_out,
+                offset=step.offset, n=step.n, later_offset=later_offset, later_n=later_n, H=H, P=P,
                 DOT_DTYPE=dtype, BLOCK_B=block_b,
             )
         lstm_step_backward_kernel[step_grid(step.n, block_b, H)](
-            grad_y, grad_hn, d_out if d_out is not None else grad_y, w_hh,
-            w_hr if w_hr is not None else w_hh, c0, gates, cells, d_gates, dc,
-            step.offset, step.n, max(step.prev_offset, 0), step.prev_n, later_offset, later_n, H, P,
+            grad_y_ptr=grad_y, grad_hn_ptr=grad_hn, d_out_ptr=d_out if d_out is not None else grad_y,
+            w_hh_ptr=w_hh, w_hr_ptr=w_hr if w_hr is not None else w_hh, c0_ptr=c0, gates_ptr=gates,
+            cells_ptr=cells, d_gates_ptr=d_gates, dc_ptr=dc,
+            offset=step.offset, n=step.n, prev_offset=max(step.prev_offset, 0), prev_n=step.prev_n,
+            later_offset=later_offset, later_n=later_n, H=H, P=P,
             HAS_PROJ=d_out is not None, DOT_DTYPE=dtype, BLOCK_B=block_b,
         )
         later_offset, later_n = step.offset, step.n

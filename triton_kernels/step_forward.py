@@ -129,12 +129,14 @@ def step_forward(
     for step in layout.steps():
         prev_offset = max(step.prev_offset, 0)
         lstm_step_forward_kernel[step_grid(step.n, block_b, H)](
-            gates_x, w_hh, h0, c0, y, gates, cells, r,
-            step.offset, step.n, prev_offset, step.prev_n, H, P,
+            gx_ptr=gates_x, w_hh_ptr=w_hh, h0_ptr=h0, c0_ptr=c0,
+            y_ptr=y, gates_ptr=gates, cells_ptr=cells, r_ptr=r,
+            offset=step.offset, n=step.n, prev_offset=prev_offset, prev_n=step.prev_n, H=H, P=P,
             HAS_PROJ=w_hr is not None, DOT_DTYPE=dtype, BLOCK_B=block_b,
         )
         if w_hr is not None:
             lstm_step_project_kernel[step_grid(step.n, block_b, P)](
-                r, w_hr, y, step.offset, step.n, H, P, DOT_DTYPE=dtype, BLOCK_B=block_b,
+                r_ptr=r, w_hr_ptr=w_hr, y_ptr=y, offset=step.offset, n=step.n, H=H, P=P,
+                DOT_DTYPE=dtype, BLOCK_B=block_b,
             )
     return y, gates, cells

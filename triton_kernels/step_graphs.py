@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from torch_lstm_ext.params import Variants
 from torch_lstm_ext.triton_kernels.graph_replay import replay
 from torch_lstm_ext.triton_kernels.layout import Layout
 from torch_lstm_ext.triton_kernels.step_backward import step_backward
 from torch_lstm_ext.triton_kernels.step_forward import step_forward
-from torch_lstm_ext.params import Variants
 from torch_lstm_ext.triton_kernels.variant_backward import variant_backward
 from torch_lstm_ext.triton_kernels.variant_step_backward import StepGrads, variant_step_backward
 from torch_lstm_ext.triton_kernels.variant_step_forward import variant_step_forward

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from torch_lstm_ext.triton_kernels.layout import Layout, device_index
 from torch_lstm_ext.params import Variants
+from torch_lstm_ext.triton_kernels.layout import Layout, device_index
 from torch_lstm_ext.triton_kernels.variant_step_backward import StepGrads, variant_step_backward
 
 

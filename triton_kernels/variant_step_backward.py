@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from torch_lstm_ext.params import Variants
 from torch_lstm_ext.triton_kernels.buffers import kernel_output
 from torch_lstm_ext.triton_kernels.layer_norm import (
     normalize,
@@ -45,7 +46,6 @@ from torch_lstm_ext.triton_kernels.tuning import (
     row_warps,
     step_grid,
 )
-from torch_lstm_ext.params import Variants
 from torch_lstm_ext.triton_kernels.variant_step_forward import load_vector, lstm_step_hh_kernel
 
 
@@ -288,28 +288,34 @@ def variant_step_backward(
     if v.ln_hh is not None:
         hh = kernel_output((N, G), torch.float32, device)
         lstm_step_hh_kernel[step_grid(N, block_b, G)](
-            h_prev, h_prev, w_hh, hh, N, 0, N, G, P, DOT_DTYPE=dtype, BLOCK_B=block_b,
+            hist_ptr=h_prev, init_ptr=h_prev, w_hh_ptr=w_hh, hh_ptr=hh, n=N, prev_offset=0, prev_n=N,
+            G=G, P=P, DOT_DTYPE=dtype, BLOCK_B=block_b,
         )
-    zoneout_h = v.tensors(stand_in)[4]
+    peephole, ln_hh, ln_c, zoneout_c, zoneout_h = v.tensors(stand_in)
     rows_per_program = row_block(H)
     later_offset, later_n = 0, 0
     for step in reversed(layout.steps()):
         lstm_variant_grad_h_kernel[step_grid(step.n, block_b, P)](
-            grad_y, grad_hn, d_hh, w_hh, zoneout_h, d_out,
-            step.offset, step.n, later_offset, later_n, H, P,
-            ZONEOUT_H=v.zoneout_h is not None, DOT_DTYPE=dtype, BLOCK_B=block_b,
+            grad_y_ptr=grad_y, grad_hn_ptr=grad_hn, d_hh_ptr=d_hh, w_hh_ptr=w_hh, zh_ptr=zoneout_h,
+            d_out_ptr=d_out, offset=step.offset, n=step.n, later_offset=later_offset, later_n=later_n,
+            H=H, P=P, ZONEOUT_H=v.zoneout_h is not None, DOT_DTYPE=dtype, BLOCK_B=block_b,
         )
         if has_proj:
             lstm_variant_grad_r_kernel[step_grid(step.n, block_b, H)](
-                d_out, zoneout_h, w_hr, dr, step.offset, step.n, H, P,
-                ZONEOUT_H=v.zoneout_h is not None, DOT_DTYPE=dtype, BLOCK_B=block_b,
+                d_out_ptr=d_out, zh_ptr=zoneout_h, w_hr_ptr=w_hr, dr_ptr=dr, offset=step.offset,
+                n=step.n, H=H, P=P, ZONEOUT_H=v.zoneout_h is not None, DOT_DTYPE=dtype, BLOCK_B=block_b,
             )
         lstm_variant_step_backward_kernel[(triton.cdiv(step.n, rows_per_program),)](
-            d_out, dr if has_proj else stand_in, c0, gates, cells, hh, *v.tensors(stand_in),
-            d_gates, d_hh, r if has_proj else stand_in, dc,
-            *(stand_in if t is None else t for t in (d_peephole, d_ln_hh, d_ln_c)),
-            step.offset, step.n, max(step.prev_offset, 0), step.prev_n, v.cell_clip_value, v.grad_clip_value,
-            H, P, **v.flags(), GRAD_CLIP=v.grad_clip is not None, HAS_PROJ=has_proj,
+            d_out_ptr=d_out, dr_ptr=dr if has_proj else stand_in, c0_ptr=c0, gates_ptr=gates,
+            cells_ptr=cells, hh_ptr=hh,
+            peephole_ptr=peephole, ln_hh_ptr=ln_hh, ln_c_ptr=ln_c, zc_ptr=zoneout_c, zh_ptr=zoneout_h,
+            d_gates_ptr=d_gates, d_hh_ptr=d_hh, r_rows_ptr=r if has_proj else stand_in, dc_ptr=dc,
+            d_peephole_ptr=stand_in if d_peephole is None else d_peephole,
+            d_ln_hh_ptr=stand_in if d_ln_hh is None else d_ln_hh,
+            d_ln_c_ptr=stand_in if d_ln_c is None else d_ln_c,
+            offset=step.offset, n=step.n, prev_offset=max(step.prev_offset, 0), prev_n=step.prev_n,
+            cell_clip=v.cell_clip_value, grad_clip=v.grad_clip_value,
+            H=H, P=P, **v.flags(), GRAD_CLIP=v.grad_clip is not None, HAS_PROJ=has_proj,
             BLOCK_B=rows_per_program, BLOCK_H=feature_block(H), num_warps=row_warps(H),
         )
         later_offset, later_n = step.offset, step.n

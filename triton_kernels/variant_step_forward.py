@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from torch_lstm_ext.params import Variants
 from torch_lstm_ext.triton_kernels.buffers import kernel_output
 from torch_lstm_ext.triton_kernels.layer_norm import normalize, normalize_gates
 from torch_lstm_ext.triton_kernels.layout import Layout
@@ -38,7 +39,6 @@ from torch_lstm_ext.triton_kernels.tuning import (
     row_warps,
     step_grid,
 )
-from torch_lstm_ext.params import Variants
 
 
 @triton.autotune(configs=STEP_CONFIGS, key=["G", "P", "BLOCK_B"])
@@ -187,20 +187,25 @@ def variant_step_forward(
     rows_per_program = row_block(H)
     dtype = dot_dtype(gates_x.dtype)
     stand_in = w_hh  # the pointer of a variant that is off (never read)
+    peephole, ln_hh, ln_c, zoneout_c, zoneout_h = v.tensors(stand_in)
     for step in layout.steps():
         prev_offset = max(step.prev_offset, 0)
         lstm_step_hh_kernel[step_grid(step.n, block_b, G)](
-            y, h0, w_hh, hh, step.n, prev_offset, step.prev_n, G, P, DOT_DTYPE=dtype, BLOCK_B=block_b,
+            hist_ptr=y, init_ptr=h0, w_hh_ptr=w_hh, hh_ptr=hh, n=step.n, prev_offset=prev_offset,
+            prev_n=step.prev_n, G=G, P=P, DOT_DTYPE=dtype, BLOCK_B=block_b,
         )
         lstm_variant_step_kernel[(triton.cdiv(step.n, rows_per_program),)](
-            gates_x, hh, h0, c0, *v.tensors(stand_in), y, gates, cells, r,
-            step.offset, step.n, prev_offset, step.prev_n, v.cell_clip_value, H, P,
+            gx_ptr=gates_x, hh_ptr=hh, h0_ptr=h0, c0_ptr=c0, peephole_ptr=peephole, ln_hh_ptr=ln_hh,
+            ln_c_ptr=ln_c, zc_ptr=zoneout_c, zh_ptr=zoneout_h, y_ptr=y, gates_ptr=gates, cells_ptr=cells,
+            r_ptr=r, offset=step.offset, n=step.n, prev_offset=prev_offset, prev_n=step.prev_n,
+            cell_clip=v.cell_clip_value, H=H, P=P,
             **v.flags(), HAS_PROJ=w_hr is not None,
             BLOCK_B=rows_per_program, BLOCK_H=feature_block(H), num_warps=row_warps(H),
         )
         if w_hr is not None:
             lstm_variant_project_kernel[step_grid(step.n, block_b, P)](
-                r, w_hr, h0, v.tensors(stand_in)[4], y, step.offset, step.n, prev_offset, step.prev_n,
-                H, P, ZONEOUT_H=v.zoneout_h is not None, DOT_DTYPE=dtype, BLOCK_B=block_b,
+                r_ptr=r, w_hr_ptr=w_hr, h0_ptr=h0, zh_ptr=zoneout_h, y_ptr=y, offset=step.offset,
+                n=step.n, prev_offset=prev_offset, prev_n=step.prev_n,
+                H=H, P=P, ZONEOUT_H=v.zoneout_h is not None, DOT_DTYPE=dtype, BLOCK_B=block_b,
             )
     return y, gates, cells

@@ -8,7 +8,6 @@ states updated in place for the active rows), with the variants in `p.variants`.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
