@@ -123,7 +123,6 @@ def _cuda_takes_cudnn(data: Tensor) -> bool:
     return _cudnn_takes(data.dtype == torch.bfloat16, data.device.index)
 
 
-@torch.compiler.assume_constant_result
 def _cudnn_takes(bfloat16: bool, device_index: int) -> bool:
     """Whether this build and GPU run cuDNN's RNN on such input: any float dtype, bfloat16 only
     from cuDNN 9.13 on sm_80+. Constants of the machine, so compiled code asks once."""
@@ -133,6 +132,12 @@ def _cudnn_takes(bfloat16: bool, device_index: int) -> bool:
         return True
     version = torch.backends.cudnn.version() or 0
     return version >= _CUDNN_BF16_RNN_VERSION and torch.cuda.get_device_capability(device_index)[0] >= 8
+
+
+# What torch.compiler.assume_constant_result(_cudnn_takes) does (torch/_dynamo/decorators.py),
+# without its `import torch._dynamo`, which costs ~1 s at import and made `import torch_lstm_ext`
+# slow (tests/test_op_contract.py checks that Dynamo stays unimported).
+_cudnn_takes._dynamo_marked_constant = True
 
 
 def cast_weights(weights: list[LayerWeights], dtype: torch.dtype) -> list[LayerWeights]:

@@ -29,13 +29,20 @@ def _select(t, dim: int | None, index: int):
     return t if dim is None or t is None else t.select(dim, index)
 
 
+def _stack(parts: Sequence):
+    """One output of every index stacked at dimension 0 (a list output: element by element)."""
+    if isinstance(parts[0], list):
+        return [torch.stack(element) for element in zip(*parts)]
+    return torch.stack(parts)
+
+
 def loop_rule(op: Callable) -> Callable:
     """A vmap rule calling `op` once per vmapped index; every output stacked at dimension 0."""
 
     def rule(info, in_dims: Sequence, *args):
         results = [op(*(_select(a, d, i) for a, d in zip(args, in_dims))) for i in range(info.batch_size)]
-        outputs = tuple(torch.stack(parts) for parts in zip(*results))
-        return outputs, (0,) * len(outputs)
+        outputs = tuple(_stack(parts) for parts in zip(*results))
+        return outputs, tuple([0] * len(out) if isinstance(out, list) else 0 for out in outputs)
 
     return rule
 
