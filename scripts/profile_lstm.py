@@ -10,7 +10,8 @@ replace_lstm'd, then model(*inputs) runs and the sum of every floating-point ten
 is backpropagated.
 
 The package marks its stages with record_function ranges (torch_lstm_ext/profiling.py):
-lstm_ext::input_gemm (x @ W_ih^T + b), lstm_ext::recurrence (the forward op),
+lstm_ext::input_gemm (x @ W_ih^T + b), lstm_ext::input_projection_backward (its backward: dx,
+dW_ih, the biases' and layer norm's gradients), lstm_ext::recurrence (the forward op),
 lstm_ext::backward_recurrence (the backward op) and, inside it, lstm_ext::weight_grad_gemm (dW_hh,
 dW_hr). Writes <out>/trace.json (open in chrome://tracing or https://ui.perfetto.dev) and
 <out>/key_averages.txt (sorted by self time), and prints a short summary.
@@ -30,7 +31,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 import torch_lstm_ext
 
 STEP = "profile_lstm.py::step"
-STAGES = ("input_gemm", "recurrence", "backward_recurrence", "weight_grad_gemm")
+STAGES = ("input_gemm", "input_projection_backward", "recurrence", "backward_recurrence", "weight_grad_gemm")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from torch_lstm_ext.dtypes import compute_dtype
 from torch_lstm_ext.params import RecurrenceGrads, RecurrenceParams, Variants
+from torch_lstm_ext.profiling import stage
 from torch_lstm_ext.projection import LayerWeights, input_projection, input_projection_backward
 from torch_lstm_ext.schedule import Block, as_rows, time_blocks
 
@@ -85,9 +86,10 @@ class CheckpointedLayer(torch.autograd.Function):
             starts += [h, c]
             sizes = None if not packed else batch_sizes[block.t0 : block.t1]
             block_params = _block_params(p, block, packed).op_args()
+            with stage("input_gemm"):
+                gates_x = input_projection(_part(x, block, packed), w)
             y, h, c, _, _ = torch.ops.torch_lstm_ext.lstm_fwd(
-                input_projection(_part(x, block, packed), w), h, c, *block_params, sizes, reverse,
-                variants.cell_clip, variants.grad_clip,
+                gates_x, h, c, *block_params, sizes, reverse, variants.cell_clip, variants.grad_clip,
             )
             _part(output, block, packed).copy_(y)
         ctx.save_for_backward(x, batch_sizes, zoneout_c, zoneout_h, *weights, *starts)
@@ -116,17 +118,19 @@ class CheckpointedLayer(torch.autograd.Function):
             sizes = None if not packed else batch_sizes[block.t0 : block.t1]
             x_block = _part(x, block, packed)
             block_params = _block_params(p, block, packed).op_args()
+            with stage("input_gemm"):
+                gates_x = input_projection(x_block, w)
             y, _, _, gates, cells = torch.ops.torch_lstm_ext.lstm_fwd(
-                input_projection(x_block, w), h_start, c_start, *block_params, sizes, ctx.reverse,
-                v.cell_clip, v.grad_clip,
+                gates_x, h_start, c_start, *block_params, sizes, ctx.reverse, v.cell_clip, v.grad_clip,
             )
             g = RecurrenceGrads.from_op(torch.ops.torch_lstm_ext.lstm_bwd(
                 _part(grad_y, block, packed).contiguous(), dh, dc, h_start, c_start, *block_params, sizes,
                 ctx.reverse, y, gates, cells, v.cell_clip, v.grad_clip,
             ), p)
             dh, dc = g.h0, g.c0
-            projection = input_projection_backward(as_rows(x_block), w.w_ih, w.ln_ih, w.b_ih is not None,
-                                                   as_rows(g.gates_x))
+            with stage("input_projection_backward"):
+                projection = input_projection_backward(as_rows(x_block), w.w_ih, w.ln_ih, w.b_ih is not None,
+                                                       as_rows(g.gates_x))
             _part(dx, block, packed).copy_(projection.x.reshape(x_block.shape))
             block_grads = dict(w_ih=projection.w_ih, bias=projection.bias, ln_ih=projection.ln_ih,
                                w_hh=g.w_hh, w_hr=g.w_hr, peephole=g.peephole, ln_hh=g.ln_hh, ln_c=g.ln_c)

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch_lstm_ext.autograd import lstm_layer
 from torch_lstm_ext.checkpoint import checkpointed_layer
 from torch_lstm_ext.params import RecurrenceParams, Variants
-from torch_lstm_ext.profiling import stage
+from torch_lstm_ext.profiling import label_backward, stage
 from torch_lstm_ext.projection import LayerWeights, input_projection
 from torch_lstm_ext.variants import VariantConfig, zoneout_weights
 
@@ -47,14 +47,14 @@ def run_layer(
     if variants.checkpoint:
         return checkpointed_layer(x, w, h0, c0, p, batch_sizes, reverse)
     with stage("input_gemm"):
-        gates_x = input_projection(x, w)
+        gates_x = label_backward(input_projection(x, w), "input_projection_backward", x)
     return lstm_layer(gates_x, h0, c0, p, batch_sizes, reverse)
 
 
 def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w: LayerWeights) -> tuple[Tensor, Tensor]:
     """One LSTMCell step: x [B, I], h [B, H], c [B, H] -> (h', c'), a one-step recurrence."""
     with stage("input_gemm"):
-        gates_x = input_projection(x, w).unsqueeze(0)
+        gates_x = label_backward(input_projection(x, w), "input_projection_backward", x).unsqueeze(0)
     _, h_new, c_new = lstm_layer(gates_x, h, c, RecurrenceParams(w.w_hh))
     return h_new, c_new
 
