@@ -20,8 +20,8 @@ torch.onnx.errors.OnnxExporterError, naming the feature: packed input, proj_size
 zoneout, cell_clip, none of which ONNX's LSTM has. weight_dropout and grad_clip never reach
 the op at inference (eval mode), so they export as the plain LSTM.
 
-onnxscript is imported only when a node is translated: `import torch_lstm_ext` must not pay
-for it.
+onnxscript and torch.onnx are imported only when a node is translated: `import torch_lstm_ext`
+must not pay for them.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.onnx.errors import OnnxExporterError
 
 import torch_lstm_ext.ops  # noqa: F401  (registers torch.ops.torch_lstm_ext.lstm_fwd)
 
@@ -79,6 +78,8 @@ def _refuse_what_onnx_lacks(args: OpArguments) -> None:
         ) if present
     ]
     if unsupported:
+        from torch.onnx.errors import OnnxExporterError  # torch.onnx costs ~0.1 s to import
+
         raise OnnxExporterError(
             "torch_lstm_ext ONNX export: ONNX's LSTM operator cannot express "
             + ", ".join(unsupported)
