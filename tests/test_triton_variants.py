@@ -1,5 +1,5 @@
 """The LSTM variants (peephole, layer norm, zoneout, cell / gradient clipping) on the Triton
-backend through Triton's interpreter, against the NumPy backend (variant_reference.py, itself
+backend through Triton's interpreter, against the NumPy backend (numpy_backend/variants.py, itself
 tested against a step-by-step autograd model in test_variants.py). Run in its own process:
 `make test-interpreter`.
 

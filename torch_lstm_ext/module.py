@@ -33,7 +33,7 @@ class LSTM(nn.Module):
     forward(input, hx=None) -> (output, (h_n, c_n)), input [T, B, I] ([B, T, I] with
     batch_first), unbatched [T, I], or a PackedSequence; hx = (h0 [L*D, B, P], c0 [L*D, B, H]).
 
-    Keyword-only variants (all off by default; see README and variant_reference.py):
+    Keyword-only variants (all off by default; see README and differentiable_recurrence.py):
     peephole, layer_norm, zoneout_cell, zoneout_hidden, weight_dropout, cell_clip, grad_clip,
     checkpoint. Their parameters are registered after nn.LSTM's, so with the same seed the
     shared parameters are initialised exactly as nn.LSTM's.

@@ -1,6 +1,6 @@
 """The LSTM variants nn.LSTM lacks: their configuration, parameter names and random masks.
 
-Equations: see variant_reference.py. Keyword-only arguments of `torch_lstm_ext.LSTM`.
+Equations: see differentiable_recurrence.py. Keyword-only arguments of `torch_lstm_ext.LSTM`.
 """
 
 from __future__ import annotations

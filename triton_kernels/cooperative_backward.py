@@ -17,7 +17,7 @@ Per step t, last forward step first:
   and the tile synchronises;
 - phase B (units j): dr = dL/dh_t (with a projection the full row of d_out @ W_hr[:, units]);
   the pointwise gate backward (peephole, zoneout, cell and gradient clipping as in
-  variant_reference.py), the dc carry, and this step's d_gates, rounded to their storage dtype
+  numpy_backend/variants.py), the dc carry, and this step's d_gates, rounded to their storage dtype
   as the per-step kernels read them back; then the tile synchronises.
 Rows past their length are inactive: their carried gradients pass through unchanged, their
 d_gates / d_out rows are left unwritten, as persistent_backward.py does. The weight GEMMs stay

@@ -25,7 +25,7 @@ carries h and c unchanged, and the kernel writes the carried values into that st
 rows (the next step reads its state from there; the caller drops those rows). Directions are
 stacked on a leading axis; direction 1 runs reversed relative to direction 0, so a bidirectional
 layer is one launch. Variants: peephole, zoneout on c and h, cell clip (equations:
-torch_lstm_ext/variant_reference.py), saving what variant_step_forward.py saves.
+torch_lstm_ext/differentiable_recurrence.py), saving what variant_step_forward.py saves.
 
 Under TRITON_INTERPRET=1, whose programs run one after another (a wait would never end), the
 launcher runs one launch per step and phase (STEP_PER_LAUNCH, PHASE): the launch boundary is the

@@ -6,7 +6,7 @@ step first.
    else grad_hn;
 2. with a projection, `lstm_variant_grad_r_kernel`: dr = ((1 - m_h) * dL/dh_t) @ W_hr [B, H];
 3. `lstm_variant_step_backward_kernel`, whole rows (LN backward reduces over them): the
-   pointwise backward of variant_reference.lstm_variant_backward, the dc carry, d_gates (the
+   pointwise backward of numpy_backend.variants.lstm_variant_backward, the dc carry, d_gates (the
    clipped gradient of the gate pre-activations) and d_hh (its image through LN_hh, which feeds
    the recurrence and dW_hh).
 What the forward did not keep is recomputed in the kernel from the saved gates and cells

@@ -8,7 +8,7 @@ cells), which the plain kernel's (batch, hidden) tiling splits across programs. 
    peephole terms, cell clip, LN_c, zoneout, writing gates, cells and y (or r, with a projection);
 3. with a projection, `lstm_variant_project_kernel`: y = zoneout_h(r @ W_hr^T).
 h_{t-1} is read back from y (the zoned-out h) and c_{t-1} from cells (the carried cell), as in
-the plain per-step kernel. Equations: torch_lstm_ext/variant_reference.py.
+the plain per-step kernel. Equations: torch_lstm_ext/differentiable_recurrence.py.
 """
 
 from __future__ import annotations
