@@ -1,9 +1,9 @@
 """Device helpers of the layer norms inside the variant kernels, over whole rows in fp32.
 
 Same definition as differentiable_recurrence.py (and its LN_EPS): no affine part here, biased
-variance. A row is either one [BLOCK_B, BLOCK_H] tile (LN_c over H) or the four gate tiles of a 4H row (LN_hh),
-with `mask` marking the real elements (rows < n, columns < H): masked elements are zero on the
-way in and are kept out of every sum, so padding never shifts a mean.
+variance. A row is either one [BLOCK_B, BLOCK_H] tile (LN_c over H) or the four gate tiles of a
+4H row (LN_hh), with `mask` marking the real elements (rows < n, columns < H): masked elements
+are zero on the way in and are kept out of every sum, so padding never shifts a mean.
 """
 
 import triton
