@@ -15,7 +15,7 @@ PyTorch's order i, f, g, o, sigma the logistic function:
     o      = sigma(z_o + w_co * c~)
     h~     = o * tanh(LN_c(c~) * ln_c_gain + ln_c_bias)   [@ W_hr^T with projection]
     c, h   = m_c * c_p + (1 - m_c) * c~,  m_h * h_p + (1 - m_h) * h~    (zoneout; m = mask or z)
-LN is layer norm over the row without affine part: biased variance, eps LN_EPS. In the backward,
+LN is normalization.py's layer norm over the row (no affine part, biased variance). In the backward,
 the gradient of each step's four gate pre-activations (peephole terms included) is clamped to
 [-grad_clip, grad_clip] before it flows on. With every variant off this is nn.LSTM's cell.
 """
@@ -26,10 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from torch_lstm_ext.normalization import LN_EPS
 from torch_lstm_ext.params import RecurrenceParams
 from torch_lstm_ext.schedule import as_rows, step_rows, walk_batch_sizes
-
-LN_EPS = 1e-5
 
 
 class _ClampGrad(torch.autograd.Function):

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from torch_lstm_ext.differentiable_recurrence import LN_EPS
 from torch_lstm_ext.dtypes import compute_dtype
+from torch_lstm_ext.normalization import LN_EPS, normalize, normalize_backward
 
 
 class LayerWeights(NamedTuple):
@@ -70,12 +69,8 @@ def input_projection_backward(x: Tensor, w_ih: Tensor, ln_ih: Tensor | None, has
     d_bias = d_out.sum(0) if has_bias else None
     d_ln = None
     if ln_ih is not None:
-        projected = (x_g @ w_g.T).to(acc)
-        centered = projected - projected.mean(-1, keepdim=True)
-        rstd = torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + LN_EPS)
-        x_hat = centered * rstd
+        x_hat, rstd = normalize((x_g @ w_g.T).to(acc))
         d_ln = (d_out * x_hat).sum(0)
-        d_hat = d_out * ln_ih.to(acc)
-        d_out = rstd * (d_hat - d_hat.mean(-1, keepdim=True) - x_hat * (d_hat * x_hat).mean(-1, keepdim=True))
+        d_out = normalize_backward(d_out * ln_ih.to(acc), x_hat, rstd)
     d_g = d_out.to(gemm)
     return ProjectionGrads((d_g @ w_g).to(x.dtype), (d_g.T @ x_g).to(acc), d_bias, d_ln)

@@ -1,6 +1,6 @@
 """Device helpers of the layer norms inside the variant kernels, over whole rows in fp32.
 
-Same definition as differentiable_recurrence.py (and its LN_EPS): no affine part here, biased
+Same definition as torch_lstm_ext/normalization.py (and its LN_EPS): no affine part here, biased
 variance. A row is either one [BLOCK_B, BLOCK_H] tile (LN_c over H) or the four gate tiles of a
 4H row (LN_hh), with `mask` marking the real elements (rows < n, columns < H): masked elements
 are zero on the way in and are kept out of every sum, so padding never shifts a mean.
@@ -9,11 +9,11 @@ are zero on the way in and are kept out of every sum, so padding never shifts a 
 import triton
 import triton.language as tl
 
-from torch_lstm_ext import differentiable_recurrence
+from torch_lstm_ext import normalization
 
 # A constexpr instance, not an annotation: the compiler refuses other globals (the interpreter
 # does not check).
-LN_EPS = tl.constexpr(differentiable_recurrence.LN_EPS)
+LN_EPS = tl.constexpr(normalization.LN_EPS)
 
 
 @triton.jit

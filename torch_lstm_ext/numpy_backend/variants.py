@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from torch_lstm_ext.differentiable_recurrence import LN_EPS
+from torch_lstm_ext.normalization import normalize, normalize_backward
 from torch_lstm_ext.params import RecurrenceGrads, RecurrenceParams
 from torch_lstm_ext.schedule import Step, Walk, step_rows, walk_batch_sizes
 
@@ -29,20 +29,6 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     x *= 0.5
     x += 0.5
     return x
-
-
-def _normalize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Layer norm over the last axis without affine: (x_hat, 1/std), biased variance, eps 1e-5."""
-    centered = x - x.mean(axis=-1, keepdims=True)
-    rstd = 1.0 / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + LN_EPS)
-    return centered * rstd, rstd
-
-
-def _normalize_backward(d_xhat: np.ndarray, xhat: np.ndarray, rstd: np.ndarray) -> np.ndarray:
-    """Gradient through _normalize: d_x from d_x_hat."""
-    return rstd * (
-        d_xhat - d_xhat.mean(axis=-1, keepdims=True) - xhat * (d_xhat * xhat).mean(axis=-1, keepdims=True)
-    )
 
 
 def _previous(history: np.ndarray, initial: np.ndarray, w: Walk, step: Step) -> np.ndarray:
@@ -84,7 +70,7 @@ def lstm_variant_forward(
         h_p, c_p = h[:n], c[:n]
         hh = _mm(h_p, w_hh.T)
         if v.ln_hh is not None:
-            hh = _normalize(hh)[0] * v.ln_hh
+            hh = normalize(hh)[0] * v.ln_hh
         z = gates[rows]
         np.add(gates_x[rows], hh, out=z)
         if v.peephole is not None:
@@ -99,7 +85,7 @@ def lstm_variant_forward(
         if v.peephole is not None:
             o += v.peephole[2] * c_cand
         _sigmoid(o)
-        c_out = c_cand if v.ln_c is None else _normalize(c_cand)[0] * v.ln_c[0] + v.ln_c[1]
+        c_out = c_cand if v.ln_c is None else normalize(c_cand)[0] * v.ln_c[0] + v.ln_c[1]
         h_cand = o * np.tanh(c_out)
         if w_hr is not None:
             h_cand = _mm(h_cand, w_hr.T)
@@ -152,12 +138,12 @@ def lstm_variant_backward(
     c_raw = f * c_prev + i * g
     c_cand = c_raw if v.cell_clip is None else np.clip(c_raw, -v.cell_clip, v.cell_clip)
     if v.ln_c is not None:
-        xhat_c, rstd_c = _normalize(c_cand)
+        xhat_c, rstd_c = normalize(c_cand)
         tanh_out = np.tanh(xhat_c * v.ln_c[0] + v.ln_c[1])
     else:
         tanh_out = np.tanh(c_cand)
     if v.ln_hh is not None:
-        xhat_hh, rstd_hh = _normalize(_mm(h_prev, w_hh.T))
+        xhat_hh, rstd_hh = normalize(_mm(h_prev, w_hh.T))
 
     d_gates = np.empty((N, G), dtype=dtype)
     d_hh = np.empty((N, G), dtype=dtype) if v.ln_hh is not None else d_gates
@@ -197,7 +183,7 @@ def lstm_variant_backward(
         if v.ln_c is not None:
             d_ln_c[0] += (d_out * xhat_c[rows]).sum(axis=0)
             d_ln_c[1] += d_out.sum(axis=0)
-            dc_cand += _normalize_backward(d_out * v.ln_c[0], xhat_c[rows], rstd_c[rows])
+            dc_cand += normalize_backward(d_out * v.ln_c[0], xhat_c[rows], rstd_c[rows])
         else:
             dc_cand += d_out
         if v.peephole is not None:
@@ -222,7 +208,7 @@ def lstm_variant_backward(
         d_pre[:, :H], d_pre[:, H : 2 * H], d_pre[:, 2 * H : 3 * H], d_pre[:, 3 * H :] = dpi, dpf, dpg, dpo
         if v.ln_hh is not None:
             d_ln_hh += (d_pre * xhat_hh[rows]).sum(axis=0)
-            d_hh[rows] = _normalize_backward(d_pre * v.ln_hh, xhat_hh[rows], rstd_hh[rows])
+            d_hh[rows] = normalize_backward(d_pre * v.ln_hh, xhat_hh[rows], rstd_hh[rows])
         dh_p = _mm(d_hh[rows], w_hh)
         if dh_prev_direct is not None:
             dh_p += dh_prev_direct
