@@ -9,7 +9,9 @@
 # H200 runs (scripts/results/gpu_h200/run3) or its estimate, plus a margin:
 #   install            40 s  (4 s in run 3)
 #   cuda-tests        180 s  (140 s in run 3 for 32 tests, most of it compiling; the graph-replay
-#                             tests reuse those shapes' kernels: about 20 s more expected)
+#                             tests reuse those shapes' kernels: about 20 s more expected; the
+#                             45 CUDA autocast cases of tests/test_autocast.py run cuDNN and the
+#                             per-step kernels at tiny shapes, never run yet)
 #   cooperative-tests  90 s  (the cooperative kernels' CUDA tests, never run yet: their own stage,
 #                             so that a barrier that hangs costs only this stage's results)
 #   benchmark         100 s  (gpu_bench.py --grid quick: it stops starting cases once its own
@@ -59,7 +61,7 @@ fi
 "$py" -c "import pytest" || echo "!! pytest is not installed: the CUDA test stage will fail"
 
 [ "$dry" = 1 ] || stage install 40 "$py" -m pip install --no-deps --no-build-isolation -e .
-stage cuda-tests 180 "$py" -m pytest -q -m cuda tests/test_cuda.py -k "not cooperative" -p no:cacheprovider \
+stage cuda-tests 180 "$py" -m pytest -q -m cuda tests/test_cuda.py tests/test_autocast.py -k "not cooperative" -p no:cacheprovider \
     -rfEs --junitxml "$results/cuda_tests.xml"
 stage cooperative-tests 90 "$py" -m pytest -q -m cuda tests/test_cuda.py -k cooperative -p no:cacheprovider \
     -rfEs --junitxml "$results/cooperative_tests.xml"
