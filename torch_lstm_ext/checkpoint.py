@@ -138,7 +138,11 @@ class CheckpointedLayer(torch.autograd.Function):
                 sums.add(name, grad)
         dtype = w.w_ih.dtype
         bias = sums.get("bias", dtype)
-        weight_grads = (sums.get("w_ih", dtype), sums.get("w_hh", dtype), bias, bias, sums.get("w_hr", dtype),
+        # b_ih and b_hh get the same gradient but each its own tensor, a row of one [2, 4H]
+        # copy: one tensor returned twice ends up as both .grad in compiled training
+        # (projection.summed_biases says how; a clone would be dropped as a no-op).
+        d_b_ih, d_b_hh = (None, None) if bias is None else torch.stack((bias, bias))
+        weight_grads = (sums.get("w_ih", dtype), sums.get("w_hh", dtype), d_b_ih, d_b_hh, sums.get("w_hr", dtype),
                         sums.get("peephole", dtype), sums.get("ln_ih", dtype), sums.get("ln_hh", dtype),
                         sums.get("ln_c", dtype))
         return (dx, dh, dc, None, None, None, None, None, *weight_grads)
