@@ -28,12 +28,27 @@ class LayerWeights(NamedTuple):
     ln_c: Tensor | None = None
 
 
+def summed_biases(b_ih: Tensor, b_hh: Tensor) -> Tensor:
+    """b_ih + b_hh [4H], computed so that its backward gives each bias a tensor of its own.
+
+    The backward of `b_ih + b_hh` hands one gradient tensor to both biases, and inductor's
+    compiled gradient accumulation (torch 2.13; trace_autograd_ops=True and compiled autograd
+    alike) makes that one buffer both .grad: zero_grad(set_to_none=False) then adds each later
+    step's gradient into it twice, and in-place gradient ops (clip_grad_norm_) scale it twice.
+    Summed as the rows of a [2, 4H] tensor, the backward expands the gradient to [2, 4H] and
+    reshapes it for the cat, which copies (stride 0 to contiguous): each bias gets its own row
+    of the copy. A clone would not do: inductor drops clones as no-ops. The cost: an [8H] cat
+    in the forward and an [8H] copy in the backward.
+    """
+    return torch.cat((b_ih, b_hh)).view(2, -1).sum(0)
+
+
 def input_projection(x: Tensor, w: LayerWeights) -> Tensor:
     """x [..., I] -> gate pre-activations from the input [..., 4H], both biases included.
 
     With layer norm: LN(x @ W_ih^T) * ln_ih + b_ih + b_hh (LN over the 4H block, gain only).
     """
-    bias = None if w.b_ih is None else w.b_ih + w.b_hh
+    bias = None if w.b_ih is None else summed_biases(w.b_ih, w.b_hh)
     if w.ln_ih is None:
         return F.linear(x, w.w_ih, bias)
     projected = F.linear(x, w.w_ih)
