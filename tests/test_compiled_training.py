@@ -39,13 +39,6 @@ LR = 0.5
 MAX_NORM = 0.5
 COMPILED_MODES = ["trace_autograd_ops", "compiled_autograd"]
 
-# CheckpointedLayer.backward returns one tensor for both biases (`bias, bias`): compiled, the
-# checkpoint group fails until checkpoint.py returns two rows of a copy instead (see the report
-# of issue 9, item 6). strict: the day it passes, this mark has to go.
-CHECKPOINT_SHARES_BIAS_GRAD = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="checkpoint.py: CheckpointedLayer.backward returns one tensor for b_ih and b_hh")
-
 
 class Zoo(nn.Module):
     """The LSTMs of one group; `reference` builds nn.LSTM members (ours for checkpoint=True),
@@ -159,9 +152,7 @@ CASES = [
 
 @pytest.mark.parametrize("set_to_none", [False, True], ids=["set_to_none=False", "set_to_none=True"])
 @pytest.mark.parametrize("mode,group", CASES, ids=[f"{mode}-{group}" for mode, group in CASES])
-def test_compiled_training_matches_eager(mode, group, set_to_none, request):
-    if group == "checkpoint":
-        request.applymarker(CHECKPOINT_SHARES_BIAS_GRAD)
+def test_compiled_training_matches_eager(mode, group, set_to_none):
     training = _training(mode)
     reference, ours = Zoo(group, reference=True), Zoo(group, reference=False)
     ours.load_state_dict(reference.state_dict())

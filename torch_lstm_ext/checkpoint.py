@@ -142,7 +142,8 @@ class CheckpointedLayer(torch.autograd.Function):
         # copy: one tensor returned twice ends up as both .grad in compiled training
         # (projection.summed_biases says how; a clone would be dropped as a no-op).
         d_b_ih, d_b_hh = (None, None) if bias is None else torch.stack((bias, bias))
-        weight_grads = (sums.get("w_ih", dtype), sums.get("w_hh", dtype), d_b_ih, d_b_hh, sums.get("w_hr", dtype),
+        w_ih, w_hh, w_hr = (sums.get(name, dtype) for name in ("w_ih", "w_hh", "w_hr"))
+        weight_grads = (w_ih, w_hh, d_b_ih, d_b_hh, w_hr,
                         sums.get("peephole", dtype), sums.get("ln_ih", dtype), sums.get("ln_hh", dtype),
                         sums.get("ln_c", dtype))
         return (dx, dh, dc, None, None, None, None, None, *weight_grads)
