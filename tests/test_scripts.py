@@ -104,3 +104,11 @@ def test_prune_example_quick(tmp_path):
     assert pruned < original / 2  # the LSTM's weights shrink 4x at half the units; the embedding does not
     assert all(float(rows[name][1]) > 0 for name in rows if name.startswith(("trained", "pruned")))
     assert all(float(rows[impl][2].rstrip("x")) > 0 for impl in ("ours", "nn.LSTM"))
+
+
+def test_onnx_cost_quick(tmp_path):
+    """scripts/onnx_cost.py on its smallest shape: our export agrees with nn.LSTM's (the script
+    asserts it) and both are timed."""
+    result = _run([str(SCRIPTS / "onnx_cost.py"), "--quick", "--repeats", "2"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "| T20 B1 I32 H64 |" in result.stdout and "| geometric mean |" in result.stdout
