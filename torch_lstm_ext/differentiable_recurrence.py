@@ -58,8 +58,11 @@ def layer_norm(x: Tensor) -> Tensor:
 
 def lstm_recurrence(
     gates_x: Tensor, h0: Tensor, c0: Tensor, p: RecurrenceParams, batch_sizes: Tensor | None, reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """y [..., P], h_n [B, P], c_n [B, H] for gates_x [T, B, 4H] or packed [N, 4H]."""
+    *, units: bool = False,
+) -> tuple[Tensor, ...]:
+    """y [..., P], h_n [B, P], c_n [B, H] for gates_x [T, B, 4H] or packed [N, 4H]; with `units`
+    also each row's h~ before the projection and zoneout, o * tanh(c~) [..., H] (what pruning
+    scores a hidden unit by)."""
     w_hh, w_hr, v = p
     flat = as_rows(gates_x)
     zc = None if v.zoneout_c is None else as_rows(v.zoneout_c)
@@ -71,6 +74,7 @@ def lstm_recurrence(
 
     h, c = h0, c0
     outputs: dict[int, Tensor] = {}
+    unit_outputs: dict[int, Tensor] = {}
     w = walk_batch_sizes(None if batch_sizes is None else batch_sizes.cpu(), flat.shape[0], B, reverse)
     for step in w.steps:
         n, rows = step.n, step_rows(w, step)
@@ -90,6 +94,7 @@ def lstm_recurrence(
         o = torch.sigmoid(clip_grad(zo))
         c_out = c_new if v.ln_c is None else layer_norm(c_new) * v.ln_c[0] + v.ln_c[1]
         h_new = o * torch.tanh(c_out)
+        unit_outputs[step.t] = h_new
         if w_hr is not None:
             h_new = h_new @ w_hr.T
         if zc is not None:
@@ -99,6 +104,10 @@ def lstm_recurrence(
         outputs[step.t] = h_new
         h = torch.cat((h_new, h[n:]))
         c = torch.cat((c_new, c[n:]))
-    # An empty batch takes no steps (schedule.walk), and its output has no rows.
-    y = torch.cat([outputs[t] for t in sorted(outputs)]) if outputs else flat.new_zeros(0, h0.shape[-1])
-    return y.reshape(*gates_x.shape[:-1], y.shape[-1]), h, c
+    def rows(per_step: dict[int, Tensor], width: int) -> Tensor:
+        # An empty batch takes no steps (schedule.walk), and its output has no rows.
+        y = torch.cat([per_step[t] for t in sorted(per_step)]) if per_step else flat.new_zeros(0, width)
+        return y.reshape(*gates_x.shape[:-1], width)
+
+    y = rows(outputs, h0.shape[-1])
+    return (y, h, c, rows(unit_outputs, c0.shape[-1])) if units else (y, h, c)

@@ -26,8 +26,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from torch_lstm_ext.differentiable_recurrence import layer_norm
+from torch_lstm_ext.differentiable_recurrence import lstm_recurrence
 from torch_lstm_ext.module import LSTM
+from torch_lstm_ext.params import RecurrenceParams, Variants
+from torch_lstm_ext.projection import LayerWeights, input_projection
 from torch_lstm_ext.validation import check_lstm_forward_args
 from torch_lstm_ext.variants import VariantConfig
 
@@ -259,7 +261,8 @@ def _float(x: Tensor) -> Tensor:
 
 def _direction_forward(lstm: nn.Module, suffix: str, variants: VariantConfig,
                        x: Tensor) -> tuple[Tensor, Tensor]:
-    """One layer and direction in eval mode, forward in time over x [T, B, I] from zero states.
+    """One layer and direction in eval mode, forward in time over x [T, B, I] from zero states,
+    through the differentiable recurrence (the host's one statement of the step).
 
     Returns (y [T, B, P]: the layer's output, unit_h [T, B, H]: each unit's h, or o * tanh(c)
     before the projection). Positions past a sequence's end hold garbage that no valid position
@@ -269,38 +272,23 @@ def _direction_forward(lstm: nn.Module, suffix: str, variants: VariantConfig,
         value = getattr(lstm, f"{kind}_{suffix}", None)
         return None if value is None else _float(value)
 
-    w_ih, w_hh, w_hr = param("weight_ih"), param("weight_hh"), param("weight_hr")
-    bias = param("bias_ih") + param("bias_hh") if lstm.bias else 0.0
-    z_c, z_h = variants.zoneout_cell, variants.zoneout_hidden  # eval: the expected mixing weight
-    gates_x = x @ w_ih.T
-    if variants.layer_norm:
-        gates_x = layer_norm(gates_x) * param("ln_ih_weight")
-    gates_x = gates_x + bias
+    def stacked(kinds: tuple[str, ...]) -> Tensor | None:
+        return None if param(kinds[0]) is None else torch.stack([param(kind) for kind in kinds])
+
+    w = LayerWeights(
+        param("weight_ih"), param("weight_hh"), param("bias_ih"), param("bias_hh"), param("weight_hr"),
+        stacked(("weight_ci", "weight_cf", "weight_co")), param("ln_ih_weight"), param("ln_hh_weight"),
+        stacked(("ln_c_weight", "ln_c_bias")),
+    )
     steps, batch = x.shape[:2]
-    hidden = w_hh.shape[0] // 4
-    h = x.new_zeros(batch, w_hh.shape[1])
-    c = x.new_zeros(batch, hidden)
-    ys, unit_hs = [], []
-    for t in range(steps):
-        recurrent = h @ w_hh.T
-        if variants.layer_norm:
-            recurrent = layer_norm(recurrent) * param("ln_hh_weight")
-        i, f, g, o = (gates_x[t] + recurrent).chunk(4, dim=-1)
-        if variants.peephole:
-            i, f = i + param("weight_ci") * c, f + param("weight_cf") * c
-        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        if variants.cell_clip is not None:
-            c_new = c_new.clamp(-variants.cell_clip, variants.cell_clip)
-        if variants.peephole:
-            o = o + param("weight_co") * c_new
-        if variants.layer_norm:
-            c_shown = layer_norm(c_new) * param("ln_c_weight") + param("ln_c_bias")
-        else:
-            c_shown = c_new
-        unit_h = torch.sigmoid(o) * torch.tanh(c_shown)
-        h_new = unit_h if w_hr is None else unit_h @ w_hr.T
-        c = z_c * c + (1 - z_c) * c_new
-        h = z_h * h + (1 - z_h) * h_new
-        ys.append(h)
-        unit_hs.append(h if w_hr is None else unit_h)
-    return torch.stack(ys), torch.stack(unit_hs)
+    hidden, out = w.w_hh.shape[0] // 4, w.w_hh.shape[1]
+
+    def zoneout(probability: float, width: int) -> Tensor | None:  # eval: the expected mixing weight
+        return x.new_full((steps, batch, width), probability) if probability else None
+
+    v = Variants(w.peephole, w.ln_hh, w.ln_c, zoneout(variants.zoneout_cell, hidden),
+                 zoneout(variants.zoneout_hidden, out), variants.cell_clip)
+    h0, c0 = x.new_zeros(batch, out), x.new_zeros(batch, hidden)
+    p = RecurrenceParams(w.w_hh, w.w_hr, v)
+    y, _, _, unit_h = lstm_recurrence(input_projection(x, w), h0, c0, p, None, False, units=True)
+    return y, (y if w.w_hr is None else unit_h)
