@@ -60,6 +60,7 @@ def _differentiable_gradients(gates_x: Tensor, h0: Tensor, c0: Tensor, p: Recurr
     returned zeros), and under plain autograd its results are differentiable as well. The
     zoneout weights are masks or constants and get no gradient."""
     v = p.variants
+    # The differentiable inputs, held in RecurrenceGrads' layout: one field per gradient.
     inputs = RecurrenceGrads(gates_x, h0, c0, p.w_hh, p.w_hr, v.peephole, v.ln_hh, v.ln_c)
     present = {name: t for name, t in zip(inputs._fields, inputs) if t is not None}
 
