@@ -86,10 +86,10 @@ def _autograd_gradients(recurrence, inputs: RecurrenceGrads, grads: tuple) -> di
     # An output outside the graph passes no gradient on: an empty batch takes no steps and
     # returns its h0 / c0 as they came.
     live = [(out, grad) for out, grad in zip(outputs, grads) if out.requires_grad]
-    if not live or not wanted:
-        return {}
-    found = torch.autograd.grad([out for out, _ in live], list(wanted.values()), [g for _, g in live],
-                                create_graph=True, allow_unused=True)
+    found = [None] * len(wanted)
+    if live and wanted:
+        found = torch.autograd.grad([out for out, _ in live], list(wanted.values()), [g for _, g in live],
+                                    create_graph=True, allow_unused=True)
     return {name: torch.zeros_like(t) if g is None else g for (name, t), g in zip(wanted.items(), found)}
 
 
