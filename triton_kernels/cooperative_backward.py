@@ -500,7 +500,7 @@ def cooperative_variant_backward(
     Rows past a sequence's length in d_gates, d_out and r are left unwritten.
     config: `plan`'s, unless a test forces another.
     """
-    if v.ln_hh is not None or v.ln_c is not None:
+    if v.has_layer_norm:
         raise ValueError("the cooperative backward has no layer norm: use the per-step variant kernels")
     batched = grad_y.dim() == 3
     if not batched:

@@ -399,7 +399,7 @@ def cooperative_forward(
         outputs = cooperative_forward(gates_x[None], w_hh[None], None if w_hr is None else w_hr[None],
                                       h0[None], c0[None], lengths, reverse, v, config)
         return tuple(t[0] for t in outputs)
-    if v.ln_hh is not None or v.ln_c is not None:
+    if v.has_layer_norm:
         raise ValueError("the cooperative forward has no layer norm")
     D, rows, G = gates_x.shape
     H = G // 4

@@ -127,7 +127,7 @@ def lstm_forward(
     H = c0.shape[1]
     layout = Layout.of(batch_sizes, flat.shape[0], B, reverse)
     kernel = kernel or choose_kernel(H, P, w_hr is not None, gates_x.dtype, v.on)
-    check_kernel(kernel, v.on, v.ln_hh is not None or v.ln_c is not None)
+    check_kernel(kernel, v.on, v.has_layer_norm)
     if kernel in ("persistent", "cooperative"):
         lengths, padded_rows = _padding(layout, batch_sizes, flat.device)
         num_padded = len(layout.sizes) * B
@@ -183,7 +183,7 @@ def lstm_backward(
     device = flat_y.device
     layout = Layout.of(batch_sizes, flat_y.shape[0], B, reverse)
     kernel = kernel or choose_kernel(H, P, w_hr is not None, grad_y.dtype, v.on)
-    check_kernel(kernel, v.on, v.ln_hh is not None or v.ln_c is not None)
+    check_kernel(kernel, v.on, v.has_layer_norm)
     if v.on and kernel == "cooperative":
         return _cooperative_variant_backward(flat_grad_y, grad_hn, grad_cn, w_hh, w_hr, h0, c0, flat_y,
                                              flat_gates, flat_cells, batch_sizes, layout, v, gates.shape)
