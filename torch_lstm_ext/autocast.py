@@ -140,9 +140,19 @@ def _cudnn_takes(bfloat16: bool, device_index: int) -> bool:
 _cudnn_takes._dynamo_marked_constant = True
 
 
-def cast_weights(weights: list[LayerWeights], dtype: torch.dtype) -> list[LayerWeights]:
-    """Every layer's weights (variant parameters too) in `dtype`, differentiably."""
-    return [LayerWeights(*(None if t is None else t.to(dtype) for t in w)) for w in weights]
+# The LayerWeights fields a quantized LSTM stores quantized: dequantized where they are used.
+_MATRICES = ("w_ih", "w_hh", "w_hr")
+
+
+def cast_weights(weights: list[LayerWeights], dtype: torch.dtype,
+                 keep_matrices: bool = False) -> list[LayerWeights]:
+    """Every layer's weights (variant parameters too) in `dtype`, differentiably; with
+    `keep_matrices` (a quantized LSTM), W_ih, W_hh and W_hr stay in their storage dtype."""
+    return [
+        LayerWeights(*(t if t is None or (keep_matrices and name in _MATRICES) else t.to(dtype)
+                       for name, t in zip(LayerWeights._fields, w)))
+        for w in weights
+    ]
 
 
 def suspended(device_type: str, dtypes: AutocastDtypes | None) -> contextlib.AbstractContextManager:

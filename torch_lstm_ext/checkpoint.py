@@ -64,12 +64,12 @@ def _params(w: LayerWeights, zoneout_c: Tensor | None, zoneout_h: Tensor | None,
             clips: tuple) -> RecurrenceParams:
     """The recurrence's parameters over all rows; clips = (cell_clip, grad_clip)."""
     variants = Variants(w.peephole, w.ln_hh, w.ln_c, zoneout_c, zoneout_h, *clips)
-    return RecurrenceParams(w.w_hh, w.w_hr, variants)
+    return RecurrenceParams(w.w_hh, w.w_hr, variants, w.w_hh_scale, w.w_hr_scale)
 
 
 class CheckpointedLayer(torch.autograd.Function):
     """apply(x, h0, c0, batch_sizes, reverse, zoneout_c, zoneout_h, clips, *weights)
-    -> (y, h_n, c_n); weights are the nine LayerWeights fields (None where absent), zoneout_c /
+    -> (y, h_n, c_n); weights are the LayerWeights fields (None where absent), zoneout_c /
     zoneout_h the per-row weights over all rows (or None), clips = (cell_clip, grad_clip)."""
 
     @staticmethod
@@ -104,8 +104,9 @@ class CheckpointedLayer(torch.autograd.Function):
                 "use checkpoint=False for gradient penalties or Hessian-vector products"
             )
         x, batch_sizes, zoneout_c, zoneout_h, *rest = ctx.saved_tensors
-        w = LayerWeights(*rest[:9])
-        starts = rest[9:]
+        fields = len(LayerWeights._fields)
+        w = LayerWeights(*rest[:fields])
+        starts = rest[fields:]
         p = _params(w, zoneout_c, zoneout_h, ctx.clips)
         v = p.variants
         packed = batch_sizes is not None
@@ -145,7 +146,7 @@ class CheckpointedLayer(torch.autograd.Function):
         w_ih, w_hh, w_hr = (sums.get(name, dtype) for name in ("w_ih", "w_hh", "w_hr"))
         weight_grads = (w_ih, w_hh, d_b_ih, d_b_hh, w_hr,
                         sums.get("peephole", dtype), sums.get("ln_ih", dtype), sums.get("ln_hh", dtype),
-                        sums.get("ln_c", dtype))
+                        sums.get("ln_c", dtype), None, None, None)  # no int8 scales: inference-only
         return (dx, dh, dc, None, None, None, None, None, *weight_grads)
 
 

@@ -63,7 +63,7 @@ def lstm_recurrence(
     """y [..., P], h_n [B, P], c_n [B, H] for gates_x [T, B, 4H] or packed [N, 4H]; with `units`
     also each row's h~ before the projection and zoneout, o * tanh(c~) [..., H] (what pruning
     scores a hidden unit by)."""
-    w_hh, w_hr, v = p
+    w_hh, w_hr, v = p.w_hh, p.w_hr, p.variants
     flat = as_rows(gates_x)
     zc = None if v.zoneout_c is None else as_rows(v.zoneout_c)
     zh = None if v.zoneout_h is None else as_rows(v.zoneout_h)

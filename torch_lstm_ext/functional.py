@@ -43,7 +43,8 @@ def run_layer(
     zoneout_c = zoneout_weights(variants.zoneout_cell, (*lead, c0.shape[-1]), x, training)
     zoneout_h = zoneout_weights(variants.zoneout_hidden, (*lead, h0.shape[-1]), x, training)
     p = RecurrenceParams(w.w_hh, w.w_hr, Variants(w.peephole, w.ln_hh, w.ln_c, zoneout_c, zoneout_h,
-                                                   variants.cell_clip, variants.grad_clip))
+                                                   variants.cell_clip, variants.grad_clip),
+                         w.w_hh_scale, w.w_hr_scale)
     if variants.checkpoint:
         return checkpointed_layer(x, w, h0, c0, p, batch_sizes, reverse)
     with stage("input_gemm"):

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
-from torch_lstm_ext import autocast, functional
+from torch_lstm_ext import autocast, functional, weight_quantization
 from torch_lstm_ext.projection import LayerWeights
 from torch_lstm_ext.validation import (
     check_cell_forward_args,
@@ -25,6 +25,7 @@ from torch_lstm_ext.validation import (
     two_states,
 )
 from torch_lstm_ext.variants import VariantConfig, variant_parameter_shapes
+from torch_lstm_ext.weight_quantization import QUANTIZED_DTYPES
 
 
 class LSTM(nn.Module):
@@ -89,6 +90,8 @@ class LSTM(nn.Module):
         self.bidirectional = bidirectional
         self.proj_size = proj_size
         self.variants = variants
+        # torch.int8 / torch.float16 after weight_quantization.quantize_weights, else None.
+        self.weight_quantization: torch.dtype | None = None
         self._all_weights = _parameter_names(num_layers, bidirectional, bias, proj_size)
         self._flat_weights_names = [name for names in self._all_weights for name in names]
 
@@ -186,11 +189,56 @@ class LSTM(nn.Module):
         s = s.format(**self.__dict__)
         for name in self.variants.active():
             s += f", {name}={getattr(self.variants, name)}"
+        if self.weight_quantization is not None:
+            s += f", weight_quantization={self.weight_quantization}"
         return s
+
+    def _input_dtype(self) -> torch.dtype | None:
+        """The dtype forward takes input in: the weights' (nn.LSTM's rule); for a quantized LSTM
+        the dtype its float tensors (int8 scales, biases, variant parameters) are in, None
+        (any floating dtype) when it has none (float16 weights without bias or variants)."""
+        if self.weight_quantization is None:
+            return self.weight_ih_l0.dtype
+        # The quantized matrices are buffers: the parameters and scales are what stays float.
+        matrices = set(weight_quantization.matrix_names(self))
+        floats = [t for name, t in (*self.named_parameters(), *self.named_buffers()) if name not in matrices]
+        return floats[0].dtype if floats else None
+
+    def _check_inference(self, input_tensors: list[Tensor]) -> None:
+        """A quantized LSTM runs only where autograd records nothing (RuntimeError otherwise)."""
+        if self.weight_quantization is None:
+            return
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (*input_tensors, *self.parameters())):
+            raise RuntimeError(
+                f"quantized LSTM is inference-only (weights in {self.weight_quantization}): it has no "
+                "backward. Call it under torch.no_grad() or torch.inference_mode(), or with inputs and "
+                "parameters that do not require grad"
+            )
+        if self.training and self.variants.weight_dropout:
+            raise RuntimeError("quantized LSTM: weight_dropout needs float weights; call .eval() first")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # load_state_dict copies into the existing tensors, which casts: a float weight would land
+        # in an int8 buffer, int8 values in a float Parameter. Refused instead, as a size mismatch is.
+        for name in weight_quantization.matrix_names(self):
+            key = prefix + name
+            if key in state_dict:
+                have, given = getattr(self, name).dtype, state_dict[key].dtype
+                if (self.weight_quantization is not None or given in QUANTIZED_DTYPES) and have != given:
+                    error_msgs.append(
+                        f"{key}: the checkpoint holds {given} but this LSTM {have}; load a quantized "
+                        "state_dict into an LSTM quantized the same way (torch_lstm_ext.quantize_weights)"
+                    )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def _layer_weights(self) -> list[LayerWeights]:
         def get(name: str) -> Tensor:
             return getattr(self, name)
+
+        def scale(name: str) -> Tensor | None:
+            return getattr(self, name + weight_quantization.SCALE_SUFFIX, None)
 
         v = self.variants
         result = []
@@ -207,6 +255,9 @@ class LSTM(nn.Module):
                 get("ln_hh_weight_" + suffix) if v.layer_norm else None,
                 (torch.stack([get("ln_c_weight_" + suffix), get("ln_c_bias_" + suffix)])
                  if v.layer_norm else None),
+                scale("weight_ih_" + suffix),
+                scale("weight_hh_" + suffix),
+                scale("weight_hr_" + suffix),
             ))
         return result
 
@@ -238,6 +289,7 @@ class LSTM(nn.Module):
             if not is_batched:
                 h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
         check_lstm_forward_args(self, data, h0, c0, batch, packed)
+        self._check_inference([data, h0, c0])
         if sorted_indices is not None:
             h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
 
@@ -246,7 +298,8 @@ class LSTM(nn.Module):
         dtypes = autocast.lstm_dtypes(data, c0, self.proj_size, batch_sizes)
         if dtypes is not None:
             data, h0, c0 = data.to(dtypes.run), h0.to(dtypes.run), c0.to(dtypes.run)
-            weights = autocast.cast_weights(weights, dtypes.run)
+            weights = autocast.cast_weights(weights, dtypes.run,
+                                            keep_matrices=self.weight_quantization is not None)
         with autocast.suspended(data.device.type, dtypes):
             output, h_n, c_n = functional.lstm(
                 data, h0, c0, weights, self.num_layers, self.dropout, self.training,

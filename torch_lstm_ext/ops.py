@@ -85,6 +85,8 @@ def _lstm_bwd(grad_y: Tensor, grad_hn: Tensor, grad_cn: Tensor, h0: Tensor, c0: 
               param_names: list[str], batch_sizes: Tensor | None, reverse: bool, y: Tensor, gates: Tensor,
               cells: Tensor, cell_clip: float | None = None, grad_clip: float | None = None):
     p = RecurrenceParams.from_op(params, param_names, cell_clip, grad_clip)
+    if p.int8:
+        raise RuntimeError("quantized LSTM is inference-only: lstm_bwd has no gradient for int8 weights")
     with stage("backward_recurrence"):
         grads = _backend(gates).lstm_backward(grad_y, grad_hn, grad_cn, h0, c0, p, batch_sizes, reverse, y,
                                               gates, cells)

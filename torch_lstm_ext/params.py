@@ -14,7 +14,10 @@ Shapes (H hidden, P output size, N rows of gates_x):
     variants (None when off): peephole [3, H] (w_ci, w_cf, w_co); ln_hh [4H] gain of LN_hh;
     ln_c [2, H] gain and bias of LN_c; zoneout_c [..., H] / zoneout_h [..., P]: per row of gates_x,
     the weight of the previous state (a 0/1 mask in training, the probability in eval);
-    cell_clip, grad_clip: positive floats (grad_clip acts in the backward only).
+    cell_clip, grad_clip: positive floats (grad_clip acts in the backward only);
+    w_hh_scale [4H] / w_hr_scale [P]: per-row scales of int8 weights (None for float weights),
+    W = w * scale[:, None] (weight_quantization.py). Float16 weights need none: the backends read
+    any float dtype and compute in the compute dtype. Quantized weights are inference-only.
 """
 
 from __future__ import annotations
@@ -88,9 +91,13 @@ class Variants(NamedTuple):
 NO_VARIANTS = Variants()
 
 
-# The names the ops accept in param_names, in RecurrenceParams' order; the zoneout weights are
-# per-row inputs (masks or constants) and get no gradient, the others are weights.
-PARAM_NAMES = ("w_hh", "w_hr", "peephole", "ln_hh", "ln_c", "zoneout_c", "zoneout_h")
+# The names the ops accept in param_names, in RecurrenceParams' order. The zoneout weights are
+# per-row inputs (masks or constants) and get no gradient; the int8 scales are shared like the
+# weights but get none either (inference-only); the others are the weights.
+VARIANT_NAMES = ("peephole", "ln_hh", "ln_c", "zoneout_c", "zoneout_h")
+PER_ROW_NAMES = ("zoneout_c", "zoneout_h")
+SCALE_NAMES = ("w_hh_scale", "w_hr_scale")
+PARAM_NAMES = ("w_hh", "w_hr", *VARIANT_NAMES, *SCALE_NAMES)
 WEIGHT_NAMES = PARAM_NAMES[:5]
 
 
@@ -100,10 +107,18 @@ class RecurrenceParams(NamedTuple):
     w_hh: Any
     w_hr: Any = None
     variants: Variants = NO_VARIANTS
+    w_hh_scale: Any = None
+    w_hr_scale: Any = None
+
+    @property
+    def int8(self) -> bool:
+        """Whether the recurrent weights are int8 with per-row scales (inference-only: the
+        backward refuses them)."""
+        return self.w_hh_scale is not None
 
     def named_tensors(self) -> dict[str, Any]:
         """The present tensors by PARAM_NAMES name, in that order."""
-        tensors = (self.w_hh, self.w_hr, *self.variants.tensors())
+        tensors = (self.w_hh, self.w_hr, *self.variants.tensors(), self.w_hh_scale, self.w_hr_scale)
         return {name: t for name, t in zip(PARAM_NAMES, tensors) if t is not None}
 
     def op_args(self) -> tuple[list, list[str]]:
@@ -119,17 +134,19 @@ class RecurrenceParams(NamedTuple):
             raise ValueError(f"torch_lstm_ext ops take params named from {PARAM_NAMES} with w_hh among them, "
                              f"one name per tensor; got {len(params)} tensors named {list(names)}")
         t = dict(zip(names, params))
-        return cls(t["w_hh"], t.get("w_hr"), Variants(*(t.get(name) for name in PARAM_NAMES[2:]), cell_clip,
-                                                      grad_clip))
+        variants = Variants(*(t.get(name) for name in VARIANT_NAMES), cell_clip, grad_clip)
+        return cls(t["w_hh"], t.get("w_hr"), variants, t.get("w_hh_scale"), t.get("w_hr_scale"))
 
     def map_arrays(self, convert: Callable[[Any], Any]) -> RecurrenceParams:
         """Every tensor field passed through `convert` (None stays None), zoneout as rows first."""
         v = self.variants.as_rows()
-        return RecurrenceParams(
-            convert(self.w_hh),
-            None if self.w_hr is None else convert(self.w_hr),
-            v.with_tensors([None if t is None else convert(t) for t in v.tensors()]),
-        )
+
+        def optional(t: Any) -> Any:
+            return None if t is None else convert(t)
+
+        return RecurrenceParams(convert(self.w_hh), optional(self.w_hr),
+                                v.with_tensors([optional(t) for t in v.tensors()]),
+                                optional(self.w_hh_scale), optional(self.w_hr_scale))
 
 
 class RecurrenceGrads(NamedTuple):

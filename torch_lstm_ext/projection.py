@@ -11,12 +11,14 @@ from torch import Tensor
 
 from torch_lstm_ext.dtypes import compute_dtype
 from torch_lstm_ext.normalization import LN_EPS, normalize, normalize_backward
+from torch_lstm_ext.weight_quantization import dequantized_matrix
 
 
 class LayerWeights(NamedTuple):
     """One layer, one direction. w_ih [4H, I_layer], w_hh [4H, P], biases [4H], w_hr [P, H];
     variant parameters (None when off): peephole [3, H] (w_ci, w_cf, w_co), ln_ih / ln_hh [4H]
-    layer-norm gains, ln_c [2, H] (gain, bias)."""
+    layer-norm gains, ln_c [2, H] (gain, bias); with int8 weights (weight_quantization.py) the
+    per-row scales w_ih_scale [4H], w_hh_scale [4H], w_hr_scale [P], else None."""
 
     w_ih: Tensor
     w_hh: Tensor
@@ -27,6 +29,9 @@ class LayerWeights(NamedTuple):
     ln_ih: Tensor | None = None
     ln_hh: Tensor | None = None
     ln_c: Tensor | None = None
+    w_ih_scale: Tensor | None = None
+    w_hh_scale: Tensor | None = None
+    w_hr_scale: Tensor | None = None
 
 
 def summed_biases(b_ih: Tensor, b_hh: Tensor) -> Tensor:
@@ -48,11 +53,16 @@ def input_projection(x: Tensor, w: LayerWeights) -> Tensor:
     """x [..., I] -> gate pre-activations from the input [..., 4H], both biases included.
 
     With layer norm: LN(x @ W_ih^T) * ln_ih + b_ih + b_hh (LN over the 4H block, gain only).
+    Quantized W_ih (int8 with w_ih_scale, or a float dtype other than x's: float16 storage) is
+    dequantized to x's dtype for this call.
     """
+    w_ih = w.w_ih
+    if w.w_ih_scale is not None or w_ih.dtype != x.dtype:
+        w_ih = dequantized_matrix(w_ih, w.w_ih_scale, x.dtype)
     bias = None if w.b_ih is None else summed_biases(w.b_ih, w.b_hh)
     if w.ln_ih is None:
-        return F.linear(x, w.w_ih, bias)
-    projected = F.linear(x, w.w_ih)
+        return F.linear(x, w_ih, bias)
+    projected = F.linear(x, w_ih)
     return F.layer_norm(projected, projected.shape[-1:], w.ln_ih, bias, eps=LN_EPS)
 
 

@@ -92,9 +92,11 @@ def check_lstm_forward_args(
 
     data: [T, B, I] or packed [N, I]; h0 [L*D, B, P]; c0 [L*D, B, H].
     """
-    weight_dtype = lstm.weight_ih_l0.dtype
+    weight_dtype = lstm._input_dtype()
     autocast = autocast_enabled(data.device.type)
-    if data.dtype != weight_dtype and not autocast:
+    if weight_dtype is None and not data.is_floating_point():
+        raise ValueError(f"LSTM input must be floating point, got {data.dtype}")
+    if weight_dtype is not None and data.dtype != weight_dtype and not autocast:
         # nn.LSTM checks a packed input's dtype only in its kernel, which raises RuntimeError.
         raise (RuntimeError if packed else ValueError)(
             f"RNN input dtype ({data.dtype}) does not match weight dtype ({weight_dtype}). "
@@ -128,7 +130,10 @@ def check_lstm_forward_args(
                 f"got {state.device}"
             )
     if autocast:
-        weights = {n: w for n, w in zip(lstm._flat_weights_names, lstm._flat_weights) if w is not None}
+        # A quantized LSTM's matrices are dequantized to the autocast dtype where they are used.
+        quantized = lstm.weight_quantization is not None
+        weights = {n: w for n, w in zip(lstm._flat_weights_names, lstm._flat_weights)
+                   if w is not None and not (quantized and not n.startswith("bias"))}
         gemm = {"input": data, "hx": h0, **weights}
         if data.device.type == "cpu":
             # c0 meets only the cell update, which promotes: fine with float64 GEMMs, but a

@@ -16,6 +16,7 @@ from torch_lstm_ext.dtypes import compute_dtype
 from torch_lstm_ext.numpy_backend import plain, variants
 from torch_lstm_ext.params import RecurrenceGrads, RecurrenceParams
 from torch_lstm_ext.schedule import as_rows
+from torch_lstm_ext.weight_quantization import dequantized_params
 
 
 def _host(t: Tensor | None, dtype: torch.dtype) -> np.ndarray | None:
@@ -43,9 +44,10 @@ def lstm_forward(
     """lstm_fwd's results (ops.py) from the NumPy kernels."""
     acc = compute_dtype(gates_x.dtype)
     kernel = variants.lstm_variant_forward if p.variants.on else plain.lstm_forward
+    # Quantized W_hh / W_hr: dequantized once for the call, as every step's GEMM reads them.
+    arrays = dequantized_params(p.map_arrays(lambda t: _host(t, acc)))
     y, h_n, c_n, gates, cells = kernel(
-        _host_rows(gates_x, acc), _host(h0, acc), _host(c0, acc), p.map_arrays(lambda t: _host(t, acc)),
-        _sizes(batch_sizes), reverse,
+        _host_rows(gates_x, acc), _host(h0, acc), _host(c0, acc), arrays, _sizes(batch_sizes), reverse,
     )
     lead = gates_x.shape[:-1]
     return (

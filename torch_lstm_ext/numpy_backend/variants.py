@@ -65,7 +65,7 @@ def lstm_variant_forward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """As plain.lstm_forward: y [N, P], h_n [B, P], c_n [B, H], gates [N, 4H] (activated),
     cells [N, H] (the carried, zoned-out c_t)."""
-    w_hh, w_hr, v = p
+    w_hh, w_hr, v = p.w_hh, p.w_hr, p.variants
     dtype = gates_x.dtype
     N, G = gates_x.shape
     H = G // 4
@@ -137,7 +137,7 @@ def lstm_variant_backward(
     operations, reading each row's previous state in place from `y` / `cells` or h0 / c0; only
     the gradient recurrence runs step by step.
     """
-    w_hh, w_hr, v = p
+    w_hh, w_hr, v = p.w_hh, p.w_hr, p.variants
     dtype = gates.dtype
     N, G = gates.shape
     H = G // 4
