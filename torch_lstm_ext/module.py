@@ -25,7 +25,6 @@ from torch_lstm_ext.validation import (
     two_states,
 )
 from torch_lstm_ext.variants import VariantConfig, variant_parameter_shapes
-from torch_lstm_ext.weight_quantization import QUANTIZED_DTYPES
 
 
 class LSTM(nn.Module):
@@ -131,6 +130,9 @@ class LSTM(nn.Module):
     def reset_parameters(self) -> None:
         """nn.LSTM's init: every weight ~ U(-1/sqrt(H), 1/sqrt(H)) in registration order, peephole
         weights included; layer-norm gains 1 and biases 0."""
+        if self.weight_quantization is not None:
+            raise RuntimeError("a quantized LSTM cannot be re-initialised: initialise a float LSTM, then "
+                               "quantize it")
         bound = 1.0 / math.sqrt(self.hidden_size)
         for name, weight in self.named_parameters():
             if name.startswith("ln_"):
@@ -220,16 +222,22 @@ class LSTM(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         # load_state_dict copies into the existing tensors, which casts: a float weight would land
-        # in an int8 buffer, int8 values in a float Parameter. Refused instead, as a size mismatch is.
+        # in a quantized buffer, int8 values (without their scales) in a float Parameter. Refused
+        # instead, as a size mismatch is, before anything of this LSTM is copied: it stays as it was.
+        mismatched = False
         for name in weight_quantization.matrix_names(self):
             key = prefix + name
             if key in state_dict:
                 have, given = getattr(self, name).dtype, state_dict[key].dtype
-                if (self.weight_quantization is not None or given in QUANTIZED_DTYPES) and have != given:
+                # Into a float LSTM, float16 values load as nn.LSTM loads them (exactly).
+                if have != given and (self.weight_quantization is not None or given == torch.int8):
+                    mismatched = True
                     error_msgs.append(
                         f"{key}: the checkpoint holds {given} but this LSTM {have}; load a quantized "
                         "state_dict into an LSTM quantized the same way (torch_lstm_ext.quantize_weights)"
                     )
+        if mismatched:
+            return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 

@@ -11,9 +11,8 @@ wherever they name nn.LSTM:
 - a bare LSTM as the model, which convert would never reach (it swaps children only), is
   converted as a child.
 
-`_quantized` decides what our LSTM becomes. Until the int8 path exists it warns that the module
-stays in floating point and returns it; then it returns quantize_weights(module, dtype) instead,
-and nothing else here changes.
+`_quantized` decides what our LSTM becomes: quantize_weights(module, int8 or float16), the same
+path as calling it directly (weight_quantization.py).
 
 Why a wrapper, not only an entry in torch's DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS: the qconfig
 lookup happens before any mapping, by exact type, so with {nn.LSTM} or the default spec our
@@ -37,6 +36,7 @@ from torch import nn
 from torch.ao.quantization.quantization_mappings import get_default_dynamic_quant_module_mappings
 
 from torch_lstm_ext.module import LSTM
+from torch_lstm_ext.weight_quantization import quantize_weights
 
 # torch 2.13's default qconfig_spec for the dtypes whose default includes nn.LSTM (quantize.py,
 # quantize_dynamic); given as a set, these types get the same qconfigs. The tests compare the
@@ -56,20 +56,18 @@ _FORWARD_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "
                        "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
 
 
+# quantize_dynamic's weight dtypes (the qconfig's weight observer) -> quantize_weights' storage.
+_STORAGE = {torch.qint8: torch.int8, torch.float16: torch.float16}
+
+
 def _quantized(module: LSTM) -> LSTM:
-    """What quantize_dynamic makes of our LSTM under `module.qconfig`: for now `module` itself,
-    after a warning. The int8 path replaces the warning by a call to quantize_weights."""
+    """What quantize_dynamic makes of our LSTM under `module.qconfig`: `module` itself, its
+    weights quantized in place by quantize_weights (quantize_dynamic works on a copy unless
+    inplace=True). RuntimeError for a weight dtype torch's dynamic LSTM has no path for either."""
     dtype = module.qconfig.weight().dtype
-    warnings.warn(
-        f"torch_lstm_ext.LSTM stays in floating point: quantize_dynamic has no {dtype} path for it "
-        "yet and leaves its weights as they are. For a dynamically quantized LSTM now, quantize a "
-        "torch.nn.LSTM holding its weights (nn.LSTM(...).load_state_dict(lstm.state_dict()), "
-        "without variants); to keep it in floating point without this warning, leave nn.LSTM and "
-        "torch_lstm_ext.LSTM out of qconfig_spec (e.g. {torch.nn.Linear}).",
-        UserWarning,
-        stacklevel=2,
-    )
-    return module
+    if dtype not in _STORAGE:
+        raise RuntimeError(f"Unsupported dtype for dynamic RNN quantization: {dtype}")
+    return quantize_weights(module, _STORAGE[dtype])
 
 
 def _twin(module: LSTM) -> LSTM:

@@ -73,7 +73,8 @@ def dequantized_params(p: RecurrenceParams) -> RecurrenceParams:
 def matrix_names(lstm) -> list[str]:
     """The names of the matrices quantize_weights converts: W_ih, W_hh and W_hr of every layer
     and direction, in parameter order."""
-    return [name for name in lstm._flat_weights_names if name.startswith(("weight_ih", "weight_hh", "weight_hr"))]
+    matrices = ("weight_ih", "weight_hh", "weight_hr")
+    return [name for name in lstm._flat_weights_names if name.startswith(matrices)]
 
 
 def quantize_weights(model: nn.Module, dtype: torch.dtype = torch.int8) -> nn.Module:
