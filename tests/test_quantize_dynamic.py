@@ -1,10 +1,12 @@
 """quantize_dynamic and our LSTM (torch_lstm_ext/quantization.py): wherever the spec covers
-nn.LSTM or our class, a UserWarning says our LSTM stays in floating point (until the int8 path
-exists), the LSTM still computes what it did, and the rest of the model converts as torch
-converts it; otherwise no warning, and nothing else about quantize_dynamic changes.
+nn.LSTM or our class, our LSTM is quantized through quantize_weights (qint8 -> int8 weights,
+float16 -> float16) and computes what a float LSTM holding the dequantized weights computes, and
+the rest of the model converts as torch converts it; otherwise our LSTM stays as it was, and
+nothing else about quantize_dynamic changes.
 
-References: torch's own quantize_dynamic (the function the wrapper wraps) and the module types
-torch documents (torch.ao.nn.quantized.dynamic), never the wrapper's own output.
+References: torch's own quantize_dynamic (the function the wrapper wraps), the module types
+torch documents (torch.ao.nn.quantized.dynamic), and for the quantized LSTM an nn.LSTM holding
+the weights dequantized here from the stored values and scales.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import warnings
 
 import pytest
 import torch
+from support import assert_close
 from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 from torch.ao.quantization import (
@@ -52,20 +55,47 @@ class Model(nn.Module):
 
 
 def quantize_recording(model, *args, **kwargs):
-    """(the wrapper's result, the messages of our warnings it gave)."""
+    """(the wrapper's result, the messages of the warnings naming our LSTM it gave)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = torch.ao.quantization.quantize_dynamic(model, *args, **kwargs)
-    ours = [str(w.message) for w in caught
-            if issubclass(w.category, UserWarning) and "torch_lstm_ext.LSTM" in str(w.message)]
+    ours = [str(w.message) for w in caught if "torch_lstm_ext" in str(w.message)]
     return result, ours
 
 
-def assert_warned_once(messages, dtype):
-    assert len(messages) == 1, messages
-    message = messages[0]
-    assert message.startswith("torch_lstm_ext.LSTM stays in floating point"), message
-    assert str(dtype) in message and "qconfig_spec" in message and "torch.nn.LSTM" in message, message
+# quantize_dynamic's weight dtype -> the storage of our quantized weights.
+STORAGE = {torch.qint8: torch.int8, torch.float16: torch.float16}
+
+
+def assert_quantized(before: torch_lstm_ext.LSTM, after: nn.Module, weight_dtype):
+    """`after` is our LSTM with weights stored as `weight_dtype` asks, computing what nn.LSTM
+    computes with those weights dequantized (to float32 rounding); `before` is the float original."""
+    storage = STORAGE[weight_dtype]
+    assert type(after) is torch_lstm_ext.LSTM and after.weight_quantization == storage
+    assert after.weight_hh_l0.dtype == storage
+    state = after.state_dict()
+    dequantized = {}
+    for key, value in state.items():
+        if not key.endswith("_scale"):
+            scale = state.get(key + "_scale")
+            dequantized[key] = value.float() * scale[:, None] if scale is not None else value.float()
+    ref = nn.LSTM(before.input_size, before.hidden_size, num_layers=before.num_layers,
+                  bidirectional=before.bidirectional, proj_size=before.proj_size)
+    ref.load_state_dict(dequantized)
+    # The dequantized matrices are the originals to quantization rounding: half an int8 step of
+    # the row (max|row| / 127), or float16's half ulp (2**-11 relative).
+    for name, w in before.named_parameters():
+        w = w.detach()
+        if name.startswith("weight"):
+            half_step = w.abs().amax(1, keepdim=True) / 254 if storage == torch.int8 else w.abs() * 2**-11
+            assert torch.all((dequantized[name] - w).abs() <= half_step * (1 + 1e-5) + 1e-12), name
+        else:
+            assert torch.equal(dequantized[name], w), name
+    x = torch.randn(5, 2, before.input_size)
+    with torch.no_grad():
+        (out0, (h0, c0)), (out1, (h1, c1)) = ref(x), after(x)
+    for a, b in ((out0, out1), (h0, h1), (c0, c1)):
+        assert_close(b, a, torch.float32)
 
 
 def assert_same_outputs(before: torch_lstm_ext.LSTM, after: nn.Module):
@@ -79,7 +109,7 @@ def assert_same_outputs(before: torch_lstm_ext.LSTM, after: nn.Module):
         assert torch.equal(a, b)
 
 
-# (qconfig_spec, dtype, weight dtype named in the warning, head's type, nn.LSTM sibling's type)
+# (qconfig_spec, dtype, our LSTM's weight dtype, head's type, nn.LSTM sibling's type)
 COVERING = {
     "default-qint8": (None, torch.qint8, torch.qint8, nnqd.Linear, nnqd.LSTM),
     "default-float16": (None, torch.float16, torch.float16, nnqd.Linear, nnqd.LSTM),
@@ -98,38 +128,38 @@ BARE = [name for name in COVERING if name != "set-name"]
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["copy", "inplace"])
 @pytest.mark.parametrize("case", list(COVERING))
-def test_covering_spec_warns_and_converts_the_rest(case, inplace):
+def test_covering_spec_quantizes_ours_and_converts_the_rest(case, inplace):
     spec, dtype, weight_dtype, head_type, theirs_type = COVERING[case]
     model = Model()
     before = Model()
     before.load_state_dict(model.state_dict())
-    params = list(model.ours.parameters())
+    biases = [p for name, p in model.ours.named_parameters() if name.startswith("bias")]
     quantized, messages = quantize_recording(model, spec, dtype=dtype, inplace=inplace)
-    assert_warned_once(messages, weight_dtype)
+    assert messages == []
     assert (quantized is model) == inplace
     assert type(quantized.head) is head_type and type(quantized.theirs) is theirs_type
-    assert_same_outputs(before.ours, quantized.ours)
-    # In place, our LSTM keeps its Parameter objects (an optimizer on them still works); a copy
-    # leaves the model it was given as it was.
-    kept = [a is b for a, b in zip(quantized.ours.parameters(), params)]
+    assert_quantized(before.ours, quantized.ours, weight_dtype)
+    # In place, our LSTM keeps its bias Parameter objects; a copy leaves the model it was given
+    # as it was.
+    kept = [a is b for a, b in zip(quantized.ours.parameters(), biases)]
     assert all(kept) if inplace else not any(kept)
     if not inplace:
         assert type(model.head) is nn.Linear and type(model.theirs) is nn.LSTM
         assert not any(hasattr(m, "qconfig") for m in model.modules())
+        assert_same_outputs(before.ours, model.ours)
 
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["copy", "inplace"])
 @pytest.mark.parametrize("case", BARE)
-def test_bare_lstm_warns(case, inplace):
+def test_bare_lstm_is_quantized(case, inplace):
     spec, dtype, weight_dtype, _, _ = COVERING[case]
     lstm = torch_lstm_ext.LSTM(4, 6, proj_size=3)
     before = torch_lstm_ext.LSTM(4, 6, proj_size=3)
     before.load_state_dict(lstm.state_dict())
     quantized, messages = quantize_recording(lstm, spec, dtype=dtype, inplace=inplace)
-    assert_warned_once(messages, weight_dtype)
-    assert_same_outputs(before, quantized)
-    kept = [a is b for a, b in zip(quantized.parameters(), lstm.parameters())]
-    assert all(kept) if inplace else not any(kept)
+    assert messages == []
+    assert_quantized(before, quantized, weight_dtype)
+    assert (lstm.weight_quantization is not None) == inplace
 
 
 NOT_COVERING = {
@@ -142,11 +172,12 @@ NOT_COVERING = {
 
 @pytest.mark.parametrize("bare", [False, True], ids=["model", "bare"])
 @pytest.mark.parametrize("case", list(NOT_COVERING))
-def test_spec_without_lstm_does_not_warn(case, bare):
+def test_spec_without_lstm_leaves_ours_in_float(case, bare):
     spec, dtype = NOT_COVERING[case]
     model = torch_lstm_ext.LSTM(4, 6) if bare else Model()
     quantized, messages = quantize_recording(model, spec, dtype=dtype)
     assert messages == []
+    assert (quantized if bare else quantized.ours).weight_quantization is None
     assert_same_outputs(model if bare else model.ours, quantized if bare else quantized.ours)
     if not bare and case == "set-linear":
         assert type(quantized.head) is nnqd.Linear and type(quantized.theirs) is nn.LSTM
@@ -159,26 +190,37 @@ def test_forward_hooks_run_once_after_conversion():
     calls = []
     model.ours.register_forward_pre_hook(lambda module, args: calls.append("pre"))
     model.ours.register_forward_hook(lambda module, args, output: calls.append("post"))
-    quantized, messages = quantize_recording(model, {nn.LSTM})
-    assert len(messages) == 1
-    quantized.ours(torch.randn(3, 2, 4))
+    quantized, _ = quantize_recording(model, {nn.LSTM})
+    assert quantized.ours.weight_quantization == torch.int8
+    with torch.no_grad():
+        quantized.ours(torch.randn(3, 2, 4))
     assert calls == ["pre", "post"]
     model.ours(torch.randn(3, 2, 4))  # the copy quantize_dynamic started from keeps its own
     assert calls == ["pre", "post"] * 2
 
 
-def test_parametrized_lstm_warns():
+def test_parametrized_lstm_refused():
     class Double(nn.Module):
         def forward(self, weight):
             return 2 * weight
 
     model = Model()
     parametrize.register_parametrization(model.ours, "weight_hh_l0", Double())
-    quantized, messages = quantize_recording(model, {nn.LSTM})
-    assert_warned_once(messages, torch.qint8)
-    assert parametrize.is_parametrized(quantized.ours, "weight_hh_l0")
-    x = torch.randn(3, 2, 4)
-    assert torch.equal(quantized.ours(x)[0], model.ours(x)[0])
+    with pytest.raises(ValueError, match="parametrized"):
+        quantize_recording(model, {nn.LSTM})
+    assert parametrize.is_parametrized(model.ours, "weight_hh_l0")
+
+
+def test_weight_dtype_without_an_lstm_path_raises_as_torch_does():
+    """A qconfig whose weight dtype torch's dynamic LSTM refuses (quint8): our LSTM raises the
+    same exception type."""
+    qconfig = torch.ao.quantization.QConfig(
+        activation=default_dynamic_qconfig.activation,
+        weight=torch.ao.quantization.default_observer.with_args(dtype=torch.quint8))
+    with pytest.raises(Exception) as expected:
+        TORCH_QUANTIZE_DYNAMIC(nn.Sequential(nn.LSTM(4, 6)), {nn.LSTM: qconfig})
+    with pytest.raises(expected.type, match="Unsupported dtype"):
+        torch.ao.quantization.quantize_dynamic(nn.Sequential(torch_lstm_ext.LSTM(4, 6)), {nn.LSTM: qconfig})
 
 
 class Zoo(nn.Module):
