@@ -10,7 +10,7 @@ import itertools
 
 import pytest
 import torch
-from support import LAYER_NORM_BF16_TOLERANCE, assert_same_results, twin_lstms
+from support import LAYER_NORM_BF16_TOLERANCE, assert_close, assert_same_results, twin_lstms
 from torch import Tensor
 from torch.nn.utils.rnn import pack_sequence
 from triton_support import (
@@ -333,3 +333,25 @@ def test_module_with_cooperative_kernels_matches_cudnn(dtype, monkeypatch):
     ref, ours = ref.cuda(), ours.cuda()
     x = _input(16, 24, 64, True, dtype)
     assert_same_results(outputs_and_grads_on_device(ref, x), outputs_and_grads_on_device(ours, x), dtype)
+
+
+@pytest.mark.parametrize("kernel", ["step", "persistent", "cooperative"])
+@pytest.mark.parametrize("storage", [torch.int8, torch.float16], ids=["int8", "fp16"])
+def test_quantized_module_matches_cudnn_with_dequantized_weights(storage, kernel, monkeypatch):
+    """quantize_weights on the GPU: the Triton kernels read int8 (with per-row scales) or fp16
+    weights; cuDNN (TF32 off) holds the same weights dequantized, in fp32."""
+    from torch_lstm_ext.triton_kernels import recurrence
+
+    monkeypatch.setattr(recurrence, "choose_kernel", lambda *args: kernel)
+    hidden = 32 if kernel == "persistent" else 256  # the persistent kernel's fp32 budget
+    ours = torch_lstm_ext.LSTM(24, hidden, num_layers=2, bidirectional=True).cuda().eval()
+    torch_lstm_ext.quantize_weights(ours, storage)
+    ref = torch.nn.LSTM(24, hidden, num_layers=2, bidirectional=True).cuda().eval()
+    state = ours.state_dict()
+    ref.load_state_dict({k: v.float() * state[k + "_scale"][:, None] if k + "_scale" in state else v.float()
+                         for k, v in state.items() if not k.endswith("_scale")})
+    x = _input(12, 8, 24, True, torch.float32)
+    with torch.no_grad():
+        (out, (h, c)), (ref_out, (ref_h, ref_c)) = ours(x), ref(x)
+    for name, got, want in (("output", out.data, ref_out.data), ("h_n", h, ref_h), ("c_n", c, ref_c)):
+        assert_close(got, want, torch.float32, name)
