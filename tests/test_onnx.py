@@ -186,6 +186,28 @@ def test_variants_are_refused_by_name():
     assert "cannot express layer_norm, zoneout_cell, zoneout_hidden, cell_clip;" in message
 
 
+def test_int8_weights_are_refused_by_name():
+    lstm = torch_lstm_ext.quantize_weights(torch_lstm_ext.LSTM(INPUT, HIDDEN).eval())
+    assert "cannot express int8 weights (quantize_weights);" in _export_error(lstm, (torch.randn(4, 2, INPUT),))
+
+
+def test_float16_weights_run_in_onnxruntime_like_nn_lstm_with_their_values():
+    """quantize_weights(float16): ONNX's LSTM gets the weights cast to the input's float32; the
+    reference is nn.LSTM holding the float16 values in float32."""
+    lstm = torch_lstm_ext.quantize_weights(torch_lstm_ext.LSTM(INPUT, HIDDEN, num_layers=2).eval(), torch.float16)
+    twin = nn.LSTM(INPUT, HIDDEN, num_layers=2).eval()
+    twin.load_state_dict({k: v.float() for k, v in lstm.state_dict().items()})
+    x = torch.randn(4, 2, INPUT)
+    program = torch.onnx.export(lstm, (x,), dynamo=True,
+                                custom_translation_table=torch_lstm_ext.onnx_translation_table())
+    session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    out, h_n, c_n = _run_onnx(session, (x,))
+    with torch.no_grad():
+        ref_out, (ref_h, ref_c) = twin(x)
+    for name, got, want in (("output", out, ref_out), ("h_n", h_n, ref_h), ("c_n", c_n, ref_c)):
+        assert_close(got, want, torch.float32, name)
+
+
 class _OpLayer(nn.Module):
     """The op through the functional entry, on gates computed outside the graph: [T, B, 4H], or
     packed rows [N, 4H] with batch_sizes (the module's PackedSequence path does not get through

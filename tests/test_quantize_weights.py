@@ -246,6 +246,8 @@ def test_refusals_leave_the_model_as_it_was():
         torch_lstm_ext.quantize_weights(lstm, torch.float16)
     with pytest.raises(RuntimeError, match="re-initialised"):
         lstm.reset_parameters()
+    with pytest.raises(ValueError, match="quantized"):  # slicing int8 rows without scales
+        torch_lstm_ext.prune_hidden_units(lstm, 0.5, criterion="weight")
 
 
 def test_input_dtype_checked_like_nn_lstm():

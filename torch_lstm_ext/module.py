@@ -195,17 +195,6 @@ class LSTM(nn.Module):
             s += f", weight_quantization={self.weight_quantization}"
         return s
 
-    def _input_dtype(self) -> torch.dtype | None:
-        """The dtype forward takes input in: the weights' (nn.LSTM's rule); for a quantized LSTM
-        the dtype its float tensors (int8 scales, biases, variant parameters) are in, None
-        (any floating dtype) when it has none (float16 weights without bias or variants)."""
-        if self.weight_quantization is None:
-            return self.weight_ih_l0.dtype
-        # The quantized matrices are buffers: the parameters and scales are what stays float.
-        matrices = set(weight_quantization.matrix_names(self))
-        floats = [t for name, t in (*self.named_parameters(), *self.named_buffers()) if name not in matrices]
-        return floats[0].dtype if floats else None
-
     def _check_inference(self, input_tensors: list[Tensor]) -> None:
         """A quantized LSTM runs only where autograd records nothing (RuntimeError otherwise)."""
         if self.weight_quantization is None:

@@ -51,6 +51,7 @@ class OpArguments(NamedTuple):
     zoneout_c: Any
     zoneout_h: Any
     cell_clip: float | None
+    w_hh_scale: Any = None
 
 
 def _op_arguments(gates_x, h0, c0, params, param_names, batch_sizes=None, reverse=False, cell_clip=None,
@@ -62,7 +63,7 @@ def _op_arguments(gates_x, h0, c0, params, param_names, batch_sizes=None, revers
     named = dict(zip(param_names, params))
     return OpArguments(gates_x, named["w_hh"], named.get("w_hr"), h0, c0, batch_sizes, bool(reverse),
                        named.get("peephole"), named.get("ln_hh"), named.get("ln_c"), named.get("zoneout_c"),
-                       named.get("zoneout_h"), cell_clip)
+                       named.get("zoneout_h"), cell_clip, named.get("w_hh_scale"))
 
 
 def _refuse_what_onnx_lacks(args: OpArguments) -> None:
@@ -75,6 +76,7 @@ def _refuse_what_onnx_lacks(args: OpArguments) -> None:
             ("zoneout_cell", args.zoneout_c is not None),
             ("zoneout_hidden", args.zoneout_h is not None),
             ("cell_clip", args.cell_clip is not None),
+            ("int8 weights (quantize_weights)", args.w_hh_scale is not None),
         ) if present
     ]
     if unsupported:
@@ -157,7 +159,9 @@ def lstm_fwd_to_onnx(*args, **kwargs):
         x, bias = a.gates_x, None
         reorder = np.eye(4 * hidden, dtype=dtype)[_gate_order(hidden)][None]  # [1, 4H, 4H] of 0 / 1
         weight = op.Constant(value=ir.tensor(reorder))
-    recurrent = op.Unsqueeze(op.Gather(a.w_hh, order, axis=0), [0])  # [1, 4H, H]
+    # float16 W_hh (quantize_weights) beside float32 gates: ONNX's LSTM wants one dtype T.
+    w_hh = a.w_hh if a.w_hh.dtype == a.gates_x.dtype else op.CastLike(a.w_hh, a.gates_x)
+    recurrent = op.Unsqueeze(op.Gather(w_hh, order, axis=0), [0])  # [1, 4H, H]
     peephole = None
     if a.peephole is not None:  # ours [3, H] (w_ci, w_cf, w_co); ONNX's P [1, 3H] (i, o, f)
         peephole = op.Reshape(op.Gather(a.peephole, op.Constant(value_ints=[0, 2, 1]), axis=0), [1, -1])

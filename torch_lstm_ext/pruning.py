@@ -53,6 +53,9 @@ def prune_hidden_units(lstm: nn.Module, amount: float, criterion: str = "activat
     if not isinstance(lstm, (nn.LSTM, LSTM)):
         raise TypeError(f"prune_hidden_units expects a torch_lstm_ext.LSTM or torch.nn.LSTM, "
                         f"got {type(lstm).__name__}")
+    if getattr(lstm, "weight_quantization", None) is not None:
+        raise ValueError("prune_hidden_units: this LSTM's weights are quantized; prune the float LSTM, "
+                         "then quantize the pruned one (torch_lstm_ext.quantize_weights)")
     hidden = lstm.hidden_size
     removed = _units_removed(amount, hidden)
     if criterion not in CRITERIA:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from torch_lstm_ext.autocast import enabled as autocast_enabled
+from torch_lstm_ext.weight_quantization import matrix_names
 
 
 def check_lstm_config(
@@ -85,6 +86,18 @@ def lstm_hidden_states(hx, packed: bool, batched: bool) -> tuple[Tensor, Tensor]
     return two_states(hx, "lstm")
 
 
+def _input_dtype(lstm) -> torch.dtype | None:
+    """The dtype forward takes input in: the weights' (nn.LSTM's rule; `lstm` may be one). For a
+    quantized LSTM, the dtype of its float tensors (int8 scales, biases, variant parameters), or
+    None (any floating dtype) when it has none (float16 weights without bias or variants)."""
+    if getattr(lstm, "weight_quantization", None) is None:
+        return lstm.weight_ih_l0.dtype
+    # The quantized matrices are buffers: the parameters and scales are what stays float.
+    matrices = set(matrix_names(lstm))
+    floats = [t for name, t in (*lstm.named_parameters(), *lstm.named_buffers()) if name not in matrices]
+    return floats[0].dtype if floats else None
+
+
 def check_lstm_forward_args(
     lstm, data: Tensor, h0: Tensor, c0: Tensor, batch: int, packed: bool
 ) -> None:
@@ -92,7 +105,7 @@ def check_lstm_forward_args(
 
     data: [T, B, I] or packed [N, I]; h0 [L*D, B, P]; c0 [L*D, B, H].
     """
-    weight_dtype = lstm._input_dtype()
+    weight_dtype = _input_dtype(lstm)
     autocast = autocast_enabled(data.device.type)
     if weight_dtype is None and not data.is_floating_point():
         raise ValueError(f"LSTM input must be floating point, got {data.dtype}")
@@ -131,7 +144,7 @@ def check_lstm_forward_args(
             )
     if autocast:
         # A quantized LSTM's matrices are dequantized to the autocast dtype where they are used.
-        quantized = lstm.weight_quantization is not None
+        quantized = getattr(lstm, "weight_quantization", None) is not None
         weights = {n: w for n, w in zip(lstm._flat_weights_names, lstm._flat_weights)
                    if w is not None and not (quantized and not n.startswith("bias"))}
         gemm = {"input": data, "hx": h0, **weights}
