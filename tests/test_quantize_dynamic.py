@@ -11,6 +11,7 @@ the weights dequantized here from the stored values and scales.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import sys
@@ -297,3 +298,27 @@ def test_deprecation_warning_still_names_the_caller():
         return [(w.category, str(w.message)) for w in caught if w.filename == __file__]
 
     assert caller_warnings(WRAPPER) == caller_warnings(TORCH_QUANTIZE_DYNAMIC)
+
+
+@pytest.mark.parametrize("spec, dtype, storage", [
+    (None, torch.qint8, torch.int8), (None, torch.float16, torch.float16), ({nn.LSTMCell}, torch.qint8, torch.int8),
+    ({nn.Linear}, torch.qint8, None),
+], ids=["default-qint8", "default-float16", "set-nn.LSTMCell", "set-linear"])
+def test_our_lstm_cell_is_covered_wherever_nn_lstm_cell_is(spec, dtype, storage):
+    model = nn.Sequential(torch_lstm_ext.LSTMCell(4, 6))
+    float_cell = copy.deepcopy(model[0])
+    quantized, messages = quantize_recording(model, spec, dtype=dtype)
+    cell = quantized[0]
+    assert messages == [] and type(cell) is torch_lstm_ext.LSTMCell
+    assert cell.weight_quantization == storage
+    assert cell.weight_hh.dtype == (storage or torch.float32)
+    ref = nn.LSTMCell(4, 6)
+    state = cell.state_dict()
+    ref.load_state_dict({k: v.float() * state[k + "_scale"][:, None] if k + "_scale" in state else v.float()
+                         for k, v in state.items() if not k.endswith("_scale")})
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        for got, want in zip(cell(x), ref(x)):
+            assert_close(got, want, torch.float32)
+    assert model[0].weight_quantization is None  # a copy was quantized
+    assert torch.equal(model[0].weight_hh, float_cell.weight_hh)

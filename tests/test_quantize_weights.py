@@ -264,3 +264,29 @@ def test_export_runs_the_quantized_weights():
     assert "weight_hh_l0" in graph_inputs and "weight_hh_l0_scale" in graph_inputs
     with torch.no_grad():
         assert_same_outputs(program.module()(x), ref(x), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("storage", STORAGE, ids=str)
+def test_cell_equals_nn_lstm_cell_with_dequantized_weights(storage, dtype):
+    torch.manual_seed(2)
+    cell = torch_lstm_ext.LSTMCell(INPUT, HIDDEN, dtype=dtype)
+    torch_lstm_ext.quantize_weights(nn.Sequential(cell), storage)
+    assert cell.weight_quantization == storage and cell.weight_ih.dtype == storage
+    ref = nn.LSTMCell(INPUT, HIDDEN, dtype=dtype)
+    ref.load_state_dict(dequantized_state(cell, dtype))
+    x = torch.randn(3, INPUT, dtype=dtype)
+    hx = (torch.randn(3, HIDDEN, dtype=dtype), torch.randn(3, HIDDEN, dtype=dtype))
+    with torch.no_grad():
+        for args in ((x,), (x, hx), (x[0], (hx[0][0], hx[1][0]))):
+            for got, want in zip(cell(*args), ref(*args)):
+                assert got.dtype == dtype
+                assert_close(got, want, dtype)
+    with pytest.raises(RuntimeError, match="quantized LSTMCell is inference-only"):
+        cell(x.requires_grad_())
+    other = torch_lstm_ext.quantize_weights(torch_lstm_ext.LSTMCell(INPUT, HIDDEN, dtype=dtype), storage)
+    other.load_state_dict(cell.state_dict())
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(other(x, hx), cell(x, hx)))
+    with pytest.raises(RuntimeError, match="quantized the same way"):  # float weights into it
+        other.load_state_dict(ref.state_dict(), strict=False)

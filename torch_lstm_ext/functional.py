@@ -56,7 +56,7 @@ def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w: LayerWeights) -> tuple[Tensor,
     """One LSTMCell step: x [B, I], h [B, H], c [B, H] -> (h', c'), a one-step recurrence."""
     with stage("input_gemm"):
         gates_x = label_backward(input_projection(x, w), "input_projection_backward", x).unsqueeze(0)
-    _, h_new, c_new = lstm_layer(gates_x, h, c, RecurrenceParams(w.w_hh))
+    _, h_new, c_new = lstm_layer(gates_x, h, c, RecurrenceParams(w.w_hh, w_hh_scale=w.w_hh_scale))
     return h_new, c_new
 
 

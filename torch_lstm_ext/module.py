@@ -195,37 +195,11 @@ class LSTM(nn.Module):
             s += f", weight_quantization={self.weight_quantization}"
         return s
 
-    def _check_inference(self, input_tensors: list[Tensor]) -> None:
-        """A quantized LSTM runs only where autograd records nothing (RuntimeError otherwise)."""
-        if self.weight_quantization is None:
-            return
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (*input_tensors, *self.parameters())):
-            raise RuntimeError(
-                f"quantized LSTM is inference-only (weights in {self.weight_quantization}): it has no "
-                "backward. Call it under torch.no_grad() or torch.inference_mode(), or with inputs and "
-                "parameters that do not require grad"
-            )
-        if self.training and self.variants.weight_dropout:
-            raise RuntimeError("quantized LSTM: weight_dropout needs float weights; call .eval() first")
-
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        # load_state_dict copies into the existing tensors, which casts: a float weight would land
-        # in a quantized buffer, int8 values (without their scales) in a float Parameter. Refused
-        # instead, as a size mismatch is, before anything of this LSTM is copied: it stays as it was.
-        mismatched = False
-        for name in weight_quantization.matrix_names(self):
-            key = prefix + name
-            if key in state_dict:
-                have, given = getattr(self, name).dtype, state_dict[key].dtype
-                # Into a float LSTM, float16 values load as nn.LSTM loads them (exactly).
-                if have != given and (self.weight_quantization is not None or given == torch.int8):
-                    mismatched = True
-                    error_msgs.append(
-                        f"{key}: the checkpoint holds {given} but this LSTM {have}; load a quantized "
-                        "state_dict into an LSTM quantized the same way (torch_lstm_ext.quantize_weights)"
-                    )
-        if mismatched:
+        refused = weight_quantization.storage_mismatches(self, state_dict, prefix)
+        if refused:  # before anything is copied: the module stays as it was
+            error_msgs.extend(refused)
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
@@ -286,7 +260,9 @@ class LSTM(nn.Module):
             if not is_batched:
                 h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
         check_lstm_forward_args(self, data, h0, c0, batch, packed)
-        self._check_inference([data, h0, c0])
+        weight_quantization.check_inference(self, [data, h0, c0])
+        if self.weight_quantization is not None and self.training and self.variants.weight_dropout:
+            raise RuntimeError("quantized LSTM: weight_dropout needs float weights; call .eval() first")
         if sorted_indices is not None:
             h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
 
@@ -340,6 +316,7 @@ class LSTMCell(nn.Module):
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
+        self.weight_quantization: torch.dtype | None = None  # as LSTM's
         self.weight_ih = nn.Parameter(torch.empty((4 * hidden_size, input_size), **factory))
         self.weight_hh = nn.Parameter(torch.empty((4 * hidden_size, hidden_size), **factory))
         if bias:
@@ -356,6 +333,7 @@ class LSTMCell(nn.Module):
         module = cls.__new__(cls)
         nn.Module.__init__(module)
         module.input_size, module.hidden_size, module.bias = cell.input_size, cell.hidden_size, cell.bias
+        module.weight_quantization = None
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             value = getattr(cell, name)
             if value is None:
@@ -366,6 +344,9 @@ class LSTMCell(nn.Module):
         return module
 
     def reset_parameters(self) -> None:
+        if self.weight_quantization is not None:
+            raise RuntimeError("a quantized LSTMCell cannot be re-initialised: initialise a float LSTMCell, "
+                               "then quantize it")
         # nn.LSTMCell takes hidden_size=0 (its weights are empty then).
         bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
         for weight in self.parameters():
@@ -375,7 +356,18 @@ class LSTMCell(nn.Module):
         s = "{input_size}, {hidden_size}"
         if self.bias is not True:
             s += ", bias={bias}"
+        if self.weight_quantization is not None:
+            s += ", weight_quantization={weight_quantization}"
         return s.format(**self.__dict__)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        refused = weight_quantization.storage_mismatches(self, state_dict, prefix)
+        if refused:  # before anything is copied: the module stays as it was
+            error_msgs.extend(refused)
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         if input.dim() not in (1, 2):
@@ -399,14 +391,21 @@ class LSTMCell(nn.Module):
             h, c = hx[0].unsqueeze(0), hx[1].unsqueeze(0)
             two_states(hx, "lstm_cell")
         check_cell_forward_args(self, input, h, c)
+        weight_quantization.check_inference(self, [input, h, c])
         w_ih, w_hh, b_ih, b_hh = self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        w_ih_scale = getattr(self, "weight_ih" + weight_quantization.SCALE_SUFFIX, None)
+        w_hh_scale = getattr(self, "weight_hh" + weight_quantization.SCALE_SUFFIX, None)
         # Under autocast, as in LSTM.forward, with nn.LSTMCell's dtypes.
         dtypes = autocast.cell_dtypes(input, c)
         if dtypes is not None:
-            input, h, c, w_ih, w_hh = (t.to(dtypes.run) for t in (input, h, c, w_ih, w_hh))
-            b_ih, b_hh = (None if b is None else b.to(dtypes.run) for b in (b_ih, b_hh))
+            input, h, c = (t.to(dtypes.run) for t in (input, h, c))
+            if self.weight_quantization is None:  # quantized weights are dequantized where used
+                w_ih, w_hh = w_ih.to(dtypes.run), w_hh.to(dtypes.run)
+            b_ih, b_hh, w_ih_scale, w_hh_scale = (None if t is None else t.to(dtypes.run)
+                                                  for t in (b_ih, b_hh, w_ih_scale, w_hh_scale))
         with autocast.suspended(input.device.type, dtypes):
-            h_new, c_new = functional.lstm_cell(input, h, c, LayerWeights(w_ih, w_hh, b_ih, b_hh, None))
+            weights = LayerWeights(w_ih, w_hh, b_ih, b_hh, None, w_ih_scale=w_ih_scale, w_hh_scale=w_hh_scale)
+            h_new, c_new = functional.lstm_cell(input, h, c, weights)
         if dtypes is not None:
             h_new, c_new = h_new.to(dtypes.hidden), c_new.to(dtypes.cell)
         if not is_batched:

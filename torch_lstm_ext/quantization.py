@@ -1,18 +1,19 @@
-"""torch.ao.quantization.quantize_dynamic and our LSTM: it never stays in floating point silently.
+"""torch.ao.quantization.quantize_dynamic and our LSTM / LSTMCell: never left in floating point
+silently.
 
 quantize_dynamic(model, qconfig_spec, dtype, mapping, inplace) looks modules up by exact type, and
-our LSTM is no nn.LSTM subclass, so it used to leave it in fp32 without a word. On
-`import torch_lstm_ext`, `install()` puts a wrapper in its place whose arguments name our LSTM
-wherever they name nn.LSTM:
+our LSTM is no nn.LSTM subclass (nor our LSTMCell an nn.LSTMCell), so it used to leave them in
+fp32 without a word. On `import torch_lstm_ext`, `install()` puts a wrapper in its place whose
+arguments name our classes wherever they name nn.LSTM / nn.LSTMCell:
 
-- qconfig_spec (a set or dict, or None, whose default for qint8 and float16 has nn.LSTM): our
-  LSTM gets nn.LSTM's qconfig; a spec naming our class works as it is;
-- mapping (None: torch's default): our LSTM is converted by `_DynamicLSTM.from_float`;
-- a bare LSTM as the model, which convert would never reach (it swaps children only), is
-  converted as a child.
+- qconfig_spec (a set or dict, or None, whose default for qint8 and float16 has both): ours get
+  torch's class's qconfig; a spec naming our class works as it is;
+- mapping (None: torch's default): ours are converted by `_DynamicOurs.from_float`;
+- a bare LSTM or LSTMCell as the model, which convert would never reach (it swaps children
+  only), is converted as a child.
 
-`_quantized` decides what our LSTM becomes: quantize_weights(module, int8 or float16), the same
-path as calling it directly (weight_quantization.py).
+`_quantized` decides what ours become: quantize_weights(module, int8 or float16), the same path
+as calling it directly (weight_quantization.py).
 
 Why a wrapper, not only an entry in torch's DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS: the qconfig
 lookup happens before any mapping, by exact type, so with {nn.LSTM} or the default spec our
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 from torch.ao.quantization.quantization_mappings import get_default_dynamic_quant_module_mappings
 
-from torch_lstm_ext.module import LSTM
+from torch_lstm_ext.module import LSTM, LSTMCell
 from torch_lstm_ext.weight_quantization import quantize_weights
 
 # torch 2.13's default qconfig_spec for the dtypes whose default includes nn.LSTM (quantize.py,
@@ -43,6 +44,8 @@ from torch_lstm_ext.weight_quantization import quantize_weights
 # result with torch's own default on a model holding each of them.
 _DEFAULT_SPEC_DTYPES = (torch.qint8, torch.float16)
 _DEFAULT_SPEC_TYPES = frozenset({nn.Linear, nn.LSTM, nn.GRU, nn.LSTMCell, nn.RNNCell, nn.GRUCell})
+# torch's module type -> ours, which quantize_dynamic covers wherever it covers torch's.
+_OURS = {nn.LSTM: LSTM, nn.LSTMCell: LSTMCell}
 
 # Where torch exports quantize_dynamic (torch.quantization is the deprecated alias); one imported
 # later copies the attribute from torch.ao.quantization.quantize, the wrapper by then.
@@ -60,7 +63,7 @@ _FORWARD_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "
 _STORAGE = {torch.qint8: torch.int8, torch.float16: torch.float16}
 
 
-def _quantized(module: LSTM) -> LSTM:
+def _quantized(module: LSTM | LSTMCell) -> LSTM | LSTMCell:
     """What quantize_dynamic makes of our LSTM under `module.qconfig`: `module` itself, its
     weights quantized in place by quantize_weights (quantize_dynamic works on a copy unless
     inplace=True). RuntimeError for a weight dtype torch's dynamic LSTM has no path for either."""
@@ -70,7 +73,7 @@ def _quantized(module: LSTM) -> LSTM:
     return quantize_weights(module, _STORAGE[dtype])
 
 
-def _twin(module: LSTM) -> LSTM:
+def _twin(module: LSTM | LSTMCell) -> LSTM | LSTMCell:
     """A second object of `module`'s class with the same Parameters, buffers, attributes and
     hooks, less the forward (pre-)hooks: swap_module registers those again on what from_float
     returns, so returning `module` itself would run each of them twice."""
@@ -84,12 +87,13 @@ def _twin(module: LSTM) -> LSTM:
     return twin
 
 
-class _DynamicLSTM:
-    """The mapping entry that convert uses for our LSTM (like torch.ao.nn.quantized.dynamic.LSTM
-    for nn.LSTM): from_float(mod) -> the module that replaces `mod` in its parent."""
+class _DynamicOurs:
+    """The mapping entry that convert uses for our LSTM and LSTMCell (like
+    torch.ao.nn.quantized.dynamic.LSTM for nn.LSTM): from_float(mod) -> the module that replaces
+    `mod` in its parent."""
 
     @classmethod
-    def from_float(cls, mod: LSTM) -> LSTM:
+    def from_float(cls, mod: LSTM | LSTMCell) -> LSTM | LSTMCell:
         result = _quantized(mod)
         return _twin(result) if result is mod else result
 
@@ -104,22 +108,26 @@ class _Root(nn.Module):
 
 
 def _spec_naming_ours(qconfig_spec, dtype):
-    """qconfig_spec with our LSTM wherever it has nn.LSTM as a type key; a copy, or itself."""
+    """qconfig_spec with our LSTM / LSTMCell wherever it has nn.LSTM / nn.LSTMCell as a type
+    key; a copy, or itself."""
     if qconfig_spec is None and dtype in _DEFAULT_SPEC_DTYPES:
         qconfig_spec = set(_DEFAULT_SPEC_TYPES)
-    if isinstance(qconfig_spec, set) and nn.LSTM in qconfig_spec:
-        return qconfig_spec | {LSTM}
-    if isinstance(qconfig_spec, dict) and nn.LSTM in qconfig_spec and LSTM not in qconfig_spec:
-        return {**qconfig_spec, LSTM: qconfig_spec[nn.LSTM]}
+    for theirs, ours in _OURS.items():
+        if isinstance(qconfig_spec, set) and theirs in qconfig_spec:
+            qconfig_spec = qconfig_spec | {ours}
+        elif isinstance(qconfig_spec, dict) and theirs in qconfig_spec and ours not in qconfig_spec:
+            qconfig_spec = {**qconfig_spec, ours: qconfig_spec[theirs]}
     return qconfig_spec
 
 
 def _mapping_naming_ours(mapping):
-    """mapping (None: torch's default) with our entry wherever it maps nn.LSTM; a copy, or itself."""
+    """mapping (None: torch's default) with our entries wherever it maps nn.LSTM / nn.LSTMCell;
+    a copy, or itself."""
     if mapping is None:
         mapping = get_default_dynamic_quant_module_mappings()
-    if nn.LSTM in mapping and LSTM not in mapping:
-        return {**mapping, LSTM: _DynamicLSTM}
+    for theirs, ours in _OURS.items():
+        if theirs in mapping and ours not in mapping:
+            mapping = {**mapping, ours: _DynamicOurs}
     return mapping
 
 
@@ -137,7 +145,7 @@ def _naming_ours(original):
         if deprecation is not None:
             warnings.warn(deprecation, DeprecationWarning, stacklevel=2)
         spec, mapping = _spec_naming_ours(qconfig_spec, dtype), _mapping_naming_ours(mapping)
-        if isinstance(model, LSTM):
+        if isinstance(model, (LSTM, LSTMCell)):
             return undecorated(_Root(model), spec, dtype, mapping, inplace)._modules[""]
         return undecorated(model, spec, dtype, mapping, inplace)
 

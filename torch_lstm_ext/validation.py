@@ -86,16 +86,23 @@ def lstm_hidden_states(hx, packed: bool, batched: bool) -> tuple[Tensor, Tensor]
     return two_states(hx, "lstm")
 
 
-def _input_dtype(lstm) -> torch.dtype | None:
-    """The dtype forward takes input in: the weights' (nn.LSTM's rule; `lstm` may be one). For a
-    quantized LSTM, the dtype of its float tensors (int8 scales, biases, variant parameters), or
-    None (any floating dtype) when it has none (float16 weights without bias or variants)."""
-    if getattr(lstm, "weight_quantization", None) is None:
-        return lstm.weight_ih_l0.dtype
+def _input_dtype(module) -> torch.dtype | None:
+    """The dtype an LSTM's or LSTMCell's forward takes input in: the weights' (nn.LSTM's rule;
+    `module` may be one). For a quantized module, the dtype of its float tensors (int8 scales,
+    biases, variant parameters), or None (any floating dtype) when it has none (float16 weights
+    without bias or variants)."""
+    names = matrix_names(module)
+    if getattr(module, "weight_quantization", None) is None:
+        return getattr(module, names[0]).dtype
     # The quantized matrices are buffers: the parameters and scales are what stays float.
-    matrices = set(matrix_names(lstm))
-    floats = [t for name, t in (*lstm.named_parameters(), *lstm.named_buffers()) if name not in matrices]
+    floats = [t for name, t in (*module.named_parameters(), *module.named_buffers()) if name not in names]
     return floats[0].dtype if floats else None
+
+
+def _check_floating(input: Tensor, expected: torch.dtype | None) -> None:
+    """A quantized module without float tensors (expected None) takes any floating input."""
+    if expected is None and not input.is_floating_point():
+        raise ValueError(f"input must be floating point, got {input.dtype}")
 
 
 def check_lstm_forward_args(
@@ -107,8 +114,7 @@ def check_lstm_forward_args(
     """
     weight_dtype = _input_dtype(lstm)
     autocast = autocast_enabled(data.device.type)
-    if weight_dtype is None and not data.is_floating_point():
-        raise ValueError(f"LSTM input must be floating point, got {data.dtype}")
+    _check_floating(data, weight_dtype)
     if weight_dtype is not None and data.dtype != weight_dtype and not autocast:
         # nn.LSTM checks a packed input's dtype only in its kernel, which raises RuntimeError.
         raise (RuntimeError if packed else ValueError)(
@@ -185,9 +191,11 @@ def check_cell_forward_args(cell, input: Tensor, h: Tensor, c: Tensor) -> None:
                 f"hidden{idx} has inconsistent hidden_size: got {state.size(1)}, expected {cell.hidden_size}"
             )
     autocast = autocast_enabled(input.device.type)
+    weight_dtype = _input_dtype(cell)
+    _check_floating(input, weight_dtype)
     for t in (input, h, c):
-        if t.dtype != cell.weight_ih.dtype and not autocast:
-            raise RuntimeError(f"expected scalar type {cell.weight_ih.dtype} but found {t.dtype}")
+        if weight_dtype is not None and t.dtype != weight_dtype and not autocast:
+            raise RuntimeError(f"expected scalar type {weight_dtype} but found {t.dtype}")
         if t.device != cell.weight_ih.device:
             raise RuntimeError(
                 f"Expected all tensors to be on the same device as the weights ({cell.weight_ih.device}), "
@@ -197,7 +205,10 @@ def check_cell_forward_args(cell, input: Tensor, h: Tensor, c: Tensor) -> None:
         # On the CPU nn.LSTMCell's c only meets the gates in the (promoting) cell update; on CUDA
         # its lstm_cell kernel sees every tensor.
         gemm = {"input": input, "hx": h}
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        # A quantized cell's matrices are dequantized to the autocast dtype where they are used.
+        names = ("bias_ih", "bias_hh") if cell.weight_quantization is not None else (
+            "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        for name in names:
             if getattr(cell, name) is not None:
                 gemm[name] = getattr(cell, name)
         on_cpu = input.device.type == "cpu"

@@ -21,8 +21,9 @@ with and loads into a model quantized the same way. Where the weights go:
 No int8 GEMM: weight-only quantization keeps the activations in floating point (an int8 GEMM
 would need them quantized too, which changes the numbers beyond the weights' rounding).
 
-A quantized LSTM is inference-only: its remaining parameters are frozen (requires_grad False)
-and forward raises RuntimeError when autograd would record it (module.py).
+A quantized LSTM (or LSTMCell, the same way) is inference-only: its remaining parameters are
+frozen (requires_grad False) and forward raises RuntimeError when autograd would record it
+(`check_inference`).
 """
 
 from __future__ import annotations
@@ -70,26 +71,56 @@ def dequantized_params(p: RecurrenceParams) -> RecurrenceParams:
     return p._replace(w_hh=dequantize(p.w_hh, p.w_hh_scale), w_hr=w_hr, w_hh_scale=None, w_hr_scale=None)
 
 
-def matrix_names(lstm) -> list[str]:
-    """The names of the matrices quantize_weights converts: W_ih, W_hh and W_hr of every layer
-    and direction, in parameter order."""
-    matrices = ("weight_ih", "weight_hh", "weight_hr")
-    return [name for name in lstm._flat_weights_names if name.startswith(matrices)]
+def matrix_names(module) -> list[str]:
+    """The names of the matrices quantize_weights converts, in parameter order: W_ih, W_hh and
+    W_hr of every layer and direction of an LSTM (ours or nn.LSTM), or an LSTMCell's two."""
+    names = getattr(module, "_flat_weights_names", ["weight_ih", "weight_hh"])
+    return [name for name in names if name.startswith(("weight_ih", "weight_hh", "weight_hr"))]
+
+
+def check_inference(module, inputs: list[Tensor]) -> None:
+    """RuntimeError when a quantized LSTM / LSTMCell would run where autograd records: it has no
+    backward. `inputs`: the call's tensors (input, states)."""
+    if module.weight_quantization is None:
+        return
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *module.parameters())):
+        raise RuntimeError(
+            f"quantized {type(module).__name__} is inference-only (weights in {module.weight_quantization}): "
+            "it has no backward. Call it under torch.no_grad() or torch.inference_mode(), or with inputs "
+            "and parameters that do not require grad"
+        )
+
+
+def storage_mismatches(module, state_dict: dict, prefix: str) -> list[str]:
+    """load_state_dict's error messages for matrices of `state_dict` stored otherwise than
+    `module`'s: load_state_dict copies into the existing tensors, which casts, so a float weight
+    would land in a quantized buffer and int8 values (without their scales) in a float
+    Parameter. float16 values load into a float module, as into nn.LSTM (exactly)."""
+    errors = []
+    for name in matrix_names(module):
+        key = prefix + name
+        if key in state_dict:
+            have, given = getattr(module, name).dtype, state_dict[key].dtype
+            if have != given and (module.weight_quantization is not None or given == torch.int8):
+                errors.append(f"{key}: the checkpoint holds {given} but this module {have}; load a "
+                              "quantized state_dict into a module quantized the same way "
+                              "(torch_lstm_ext.quantize_weights)")
+    return errors
 
 
 def quantize_weights(model: nn.Module, dtype: torch.dtype = torch.int8) -> nn.Module:
-    """Convert in place every torch_lstm_ext.LSTM in `model` (`model` itself too, if it is one)
-    to weight-only int8 or float16 inference; returns `model`.
+    """Convert in place every torch_lstm_ext.LSTM and LSTMCell in `model` (`model` itself too,
+    if it is one) to weight-only int8 or float16 inference; returns `model`.
 
     Raises ValueError for another dtype, for an LSTM already quantized or with parametrized
     weights (weight_norm, pruning masks: quantize after removing them), and TypeError for
     weights that are not floating point.
     """
-    from torch_lstm_ext.module import LSTM  # module.py imports this file
+    from torch_lstm_ext.module import LSTM, LSTMCell  # module.py imports this file
 
     if dtype not in QUANTIZED_DTYPES:
         raise ValueError(f"quantize_weights: dtype must be torch.int8 or torch.float16, got {dtype}")
-    lstms = [m for m in model.modules() if isinstance(m, LSTM)]
+    lstms = [m for m in model.modules() if isinstance(m, (LSTM, LSTMCell))]
     for lstm in lstms:  # every check before the first change: a refusal leaves the model as it was
         _check_quantizable(lstm, dtype)
     for lstm in lstms:
@@ -99,7 +130,8 @@ def quantize_weights(model: nn.Module, dtype: torch.dtype = torch.int8) -> nn.Mo
 
 def _check_quantizable(lstm, dtype: torch.dtype) -> None:
     if lstm.weight_quantization is not None:
-        raise ValueError(f"quantize_weights: this LSTM is already quantized ({lstm.weight_quantization})")
+        raise ValueError(f"quantize_weights: this {type(lstm).__name__} is already quantized "
+                         f"({lstm.weight_quantization})")
     for name in matrix_names(lstm):
         if parametrize.is_parametrized(lstm, name):
             raise ValueError(f"quantize_weights: {name} is parametrized; remove the parametrization "
