@@ -29,6 +29,8 @@ TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16
 FP32_POINTERS = {"gates_ptr", "cells_ptr", "dc_ptr", "d_out_ptr", "hh_ptr", "dr_ptr", "r_rows_ptr",
                  "d_peephole_ptr", "d_ln_hh_ptr", "d_ln_c_ptr"}
 INT32_POINTERS = {"lengths_ptr", "counters_ptr"}
+# int8 weights with float32 per-row scales (weight_quantization.py), as `pointer_types`.
+INT8_WEIGHT_POINTERS = {"w_hh_ptr": "*i8", "w_hr_ptr": "*i8", "w_hh_scale_ptr": "*fp32", "w_hr_scale_ptr": "*fp32"}
 FLOAT_SCALARS = {"cell_clip", "grad_clip"}
 
 # An H200's (and H100 SXM's) SMs: 132 of them, each 64 Ki 32-bit registers, 228 KiB shared

@@ -15,7 +15,7 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 
 import torch
 import triton.language as tl
-from sm90_compile import PTXAS, TL_DTYPE, compile_for_sm90
+from sm90_compile import INT8_WEIGHT_POINTERS, PTXAS, TL_DTYPE, compile_for_sm90
 
 from torch_lstm_ext.triton_kernels import (
     persistent_backward,
@@ -47,14 +47,22 @@ def test_per_step_kernels_compile_without_spills(dtype, has_proj):
                           **config.kwargs}
             if "HAS_PROJ" in kernel.fn.arg_names:
                 constexprs["HAS_PROJ"] = has_proj
+            if "W_SCALED" in kernel.fn.arg_names:
+                constexprs["W_SCALED"] = False
             spills = compile_for_sm90(kernel, dtype, constexprs, config.num_warps, config.num_stages).spills
             assert spills == 0, f"{kernel.fn.__name__} {config}: {spills} bytes spilled"
 
 
-def _compile_configs_without_spills(kernel, dtype: torch.dtype, constexprs: dict) -> None:
+def _compile_configs_without_spills(kernel, dtype: torch.dtype, constexprs: dict,
+                                    pointer_types: dict[str, str] | None = None) -> None:
+    """Every autotune config of `kernel` compiles without spills; int8 weights when `pointer_types`
+    says so (W_SCALED follows), else float weights of `dtype`."""
+    scaled = {"W_SCALED": pointer_types is not None} if "W_SCALED" in kernel.fn.arg_names else {}
     for config in kernel.configs:
-        constexprs = {**constexprs, "DOT_DTYPE": TL_DTYPE[dtype], "BLOCK_B": MAX_BATCH_BLOCK, **config.kwargs}
-        spills = compile_for_sm90(kernel, dtype, constexprs, config.num_warps, config.num_stages).spills
+        constexprs = {**constexprs, **scaled, "DOT_DTYPE": TL_DTYPE[dtype], "BLOCK_B": MAX_BATCH_BLOCK,
+                      **config.kwargs}
+        spills = compile_for_sm90(kernel, dtype, constexprs, config.num_warps, config.num_stages,
+                                  pointer_types).spills
         assert spills == 0, f"{kernel.fn.__name__} {config}: {spills} bytes spilled"
 
 
@@ -66,6 +74,19 @@ def test_variant_gemm_kernels_compile_without_spills(dtype):
                    variant_step_backward.lstm_variant_grad_h_kernel,
                    variant_step_backward.lstm_variant_grad_r_kernel):
         _compile_configs_without_spills(kernel, dtype, {"H": H, "P": P, "ZONEOUT_H": True})
+
+
+def test_forward_gemm_kernels_with_int8_weights_compile_without_spills():
+    """The per-step forward GEMMs loading int8 weights into bf16 tensor-core dots (int8 -> bf16,
+    then each column times its row's scale), at the shapes of the float checks above."""
+    H, P = 256, 128
+    for kernel, constexprs in [
+        (step_forward.lstm_step_forward_kernel, {"H": H, "P": P, "HAS_PROJ": True}),
+        (step_forward.lstm_step_project_kernel, {"H": H, "P": P}),
+        (variant_step_forward.lstm_step_hh_kernel, {"G": 4 * H, "P": P}),
+        (variant_step_forward.lstm_variant_project_kernel, {"H": H, "P": P, "ZONEOUT_H": True}),
+    ]:
+        _compile_configs_without_spills(kernel, torch.bfloat16, constexprs, INT8_WEIGHT_POINTERS)
 
 
 ALL_VARIANTS_ON = {"PEEPHOLE": True, "LN_HH": True, "LN_C": True, "ZONEOUT_C": True, "ZONEOUT_H": True,
@@ -102,7 +123,8 @@ def test_persistent_kernels_fit_on_chip_at_the_dispatch_edge(dtype, H, P, has_pr
                             (persistent_backward.lstm_persistent_backward_kernel, True)]:
         constexprs = {"H": H, "P": P, "HAS_PROJ": has_proj, "REVERSE": reverse, "DOT_DTYPE": TL_DTYPE[dtype],
                       "BLOCK_B": persistent_forward.BLOCK_B, "BLOCK_H": feature_block(H),
-                      "BLOCK_P": feature_block(P)}
+                      "BLOCK_P": feature_block(P),
+                      **{flag: False for flag in ("W_HH_SCALED", "W_HR_SCALED") if flag in kernel.arg_names}}
         spills = compile_for_sm90(kernel, dtype, constexprs, persistent_forward.NUM_WARPS, 1).spills
         # A few bytes of spill (a stack slot or two) are harmless; the weights spilling is kilobytes.
         assert spills <= 64, f"{kernel.__name__} {dtype} H={H} P={P}: {spills} bytes spilled"
@@ -112,7 +134,20 @@ def test_fp32_persistent_kernels_spill_past_the_budget():
     """Why fp32's budget is smaller: one size up, the fp32 weights no longer fit."""
     assert choose_kernel(64, 64, False, torch.float32) == "step"
     constexprs = {"H": 64, "P": 64, "HAS_PROJ": False, "REVERSE": False, "DOT_DTYPE": tl.float32,
-                  "BLOCK_B": persistent_forward.BLOCK_B, "BLOCK_H": 64, "BLOCK_P": 64}
+                  "BLOCK_B": persistent_forward.BLOCK_B, "BLOCK_H": 64, "BLOCK_P": 64,
+                  "W_HH_SCALED": False, "W_HR_SCALED": False}
     spills = compile_for_sm90(persistent_forward.lstm_persistent_forward_kernel, torch.float32, constexprs,
                                  persistent_forward.NUM_WARPS, 1).spills
     assert spills > 1024
+
+
+@pytest.mark.parametrize("dtype,H,P,has_proj", PERSISTENT_EDGES)
+def test_persistent_forward_with_int8_weights_fits_at_the_dispatch_edge(dtype, H, P, has_proj):
+    """int8 weights, converted to the dot dtype as they are loaded, within the budget of that dtype
+    (dispatch.py): at most a few bytes of spill, as for float weights."""
+    constexprs = {"H": H, "P": P, "HAS_PROJ": has_proj, "REVERSE": False, "DOT_DTYPE": TL_DTYPE[dtype],
+                  "BLOCK_B": persistent_forward.BLOCK_B, "BLOCK_H": feature_block(H), "BLOCK_P": feature_block(P),
+                  "W_HH_SCALED": True, "W_HR_SCALED": has_proj}
+    spills = compile_for_sm90(persistent_forward.lstm_persistent_forward_kernel, dtype, constexprs,
+                              persistent_forward.NUM_WARPS, 1, INT8_WEIGHT_POINTERS).spills
+    assert spills <= 64, f"{dtype} H={H} P={P}: {spills} bytes spilled"

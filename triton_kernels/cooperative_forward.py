@@ -27,6 +27,13 @@ stacked on a leading axis; direction 1 runs reversed relative to direction 0, so
 layer is one launch. Variants: peephole, zoneout on c and h, cell clip (equations:
 torch_lstm_ext/differentiable_recurrence.py), saving what variant_step_forward.py saves.
 
+int8 weights (weight_quantization.py; W_HH_SCALED, W_HR_SCALED): the slices are converted to
+DOT_DTYPE as they are loaded, on chip or streamed, so `plan`'s budgets of that dtype hold; after
+the fused gate dot is split, each gate's tile is multiplied by the scales of its W_hh rows
+(gate * H + unit), and phase 2's column q by w_hr_scale[q], the scales loaded once before the
+time loop. Float16 weights need no scale (DOT_DTYPE holds them exactly:
+tiles.weight_operand_dtype).
+
 Under TRITON_INTERPRET=1, whose programs run one after another (a wait would never end), the
 launcher runs one launch per step and phase (STEP_PER_LAUNCH, PHASE): the launch boundary is the
 synchronisation, and each launch reads its carried state from memory (the previous step's y and
@@ -46,14 +53,23 @@ from torch_lstm_ext.config import triton_interpreter_enabled
 from torch_lstm_ext.params import Variants
 from torch_lstm_ext.triton_kernels.buffers import kernel_output
 from torch_lstm_ext.triton_kernels.grid_sync import arrival_counters, arrive, launch_resident, wait_for
-from torch_lstm_ext.triton_kernels.tiles import dot_acc, load_rows, store_gates, tanh
-from torch_lstm_ext.triton_kernels.tuning import dot_dtype, feature_block
+from torch_lstm_ext.triton_kernels.tiles import (
+    dot_acc,
+    load_rows,
+    row_scales,
+    store_gates,
+    tanh,
+    weight_dot_dtype,
+    weight_operand_dtype,
+)
+from torch_lstm_ext.triton_kernels.tuning import feature_block
 from torch_lstm_ext.triton_kernels.variant_step_forward import load_vector
 
 
 @triton.jit
 def _weights_t(w_ptr, w_rows, w_ok, ks, width, DOT_DTYPE: tl.constexpr):
-    """W[w_rows, ks] transposed, [len(ks), len(w_rows)] in DOT_DTYPE; W row-major [*, width]."""
+    """W[w_rows, ks] transposed, [len(ks), len(w_rows)] in DOT_DTYPE; W row-major [*, width], float
+    or int8."""
     mask = (ks < width)[:, None] & w_ok[None, :]
     return tl.load(w_ptr + w_rows[None, :] * width + ks[:, None], mask=mask, other=0.0).to(DOT_DTYPE)
 
@@ -117,11 +133,13 @@ def _step_rows(s, rev, T, B, d, rows):
 
 @triton.jit(do_not_specialize=["first_step", "num_steps", "cell_clip"])
 def lstm_cooperative_forward_kernel(
-    gx_ptr, w_hh_ptr, w_hr_ptr, h0_ptr, c0_ptr, lengths_ptr, peephole_ptr, zc_ptr, zh_ptr,
+    gx_ptr, w_hh_ptr, w_hr_ptr, w_hh_scale_ptr, w_hr_scale_ptr, h0_ptr, c0_ptr, lengths_ptr,
+    peephole_ptr, zc_ptr, zh_ptr,
     y_ptr, gates_ptr, cells_ptr, r_ptr, h_n_ptr, c_n_ptr, counters_ptr,
     T, B, first_step, num_steps, reverse, cell_clip,
     H: tl.constexpr, P: tl.constexpr, HAS_PROJ: tl.constexpr,
     PEEPHOLE: tl.constexpr, ZONEOUT_C: tl.constexpr, ZONEOUT_H: tl.constexpr, CELL_CLIP: tl.constexpr,
+    W_HH_SCALED: tl.constexpr, W_HR_SCALED: tl.constexpr,
     DOT_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_Q: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
     WEIGHTS_ON_CHIP: tl.constexpr, STEP_PER_LAUNCH: tl.constexpr, PHASE: tl.constexpr,
@@ -131,10 +149,12 @@ def lstm_cooperative_forward_kernel(
     Stacked rows, N = D * T * B: gx [N, 4H], y [N, P], gates [N, 4H] fp32, cells [N, H] fp32,
     r [N, H] (the projection's input, storage dtype), zc [N, H], zh [N, P]; w_hh [D, 4H, P],
     w_hr [D, P, H], peephole [D, 3, H]; h0 / h_n [D * B, P], c0 / c_n [D * B, H]; lengths int32
-    [B]; counters int32 [phases, T, D * batch tiles], zeroed. Direction d runs reversed when
-    reverse + d is odd. PHASE 0 runs both phases of each step, 1 only the gates, 2 only the
-    projection (one launch each with STEP_PER_LAUNCH, which also skips the waits). Pointers of
-    variants that are off are placeholders, never read.
+    [B]; counters int32 [phases, T, D * batch tiles], zeroed. W_HH_SCALED / W_HR_SCALED: w_hh /
+    w_hr hold int8 values, row r scaled by w_hh_scale[d, r] ([D, 4H]) / w_hr_scale[d, r]
+    ([D, P]). Direction d runs reversed when reverse + d is odd. PHASE 0 runs both phases of each
+    step, 1 only the gates, 2 only the projection (one launch each with STEP_PER_LAUNCH, which
+    also skips the waits). Pointers of variants and scales that are off are placeholders, never
+    read.
     """
     GATES: tl.constexpr = PHASE != 2
     PROJECTS: tl.constexpr = HAS_PROJ and PHASE != 1
@@ -164,6 +184,8 @@ def lstm_cooperative_forward_kernel(
     out_mask = row_ok[:, None] & out_ok[None, :]
     w_hh_ptr += d * (G * P)
     w_hr_ptr += d * (P * H)
+    w_hh_scale_ptr += d * G
+    w_hr_scale_ptr += d * P
     peephole_ptr += d * (3 * H)
     # The fused gate columns j = 4 * unit + gate are W_hh rows gate * H + unit.
     js = tl.arange(0, 4 * BLOCK_U)
@@ -176,6 +198,17 @@ def lstm_cooperative_forward_kernel(
     else:
         w_gates = w_hh_ptr
         w_out = w_hr_ptr
+    # The int8 rows' scales of each gate's units (W_hh rows gate * H + unit) and of phase 2's
+    # output columns, fp32 rows. Applied to the split gate tiles, whose layout gx's tiles share:
+    # on the fused [BLOCK_B, 4 * BLOCK_U] dot result, fp32 H = 256, P = 128, BLOCK_U 16 on chip
+    # took 255 registers and spilled (125 without scales).
+    if W_HH_SCALED:
+        s_i = row_scales(w_hh_scale_ptr, units, unit_ok)
+        s_f = row_scales(w_hh_scale_ptr, H + units, unit_ok)
+        s_g = row_scales(w_hh_scale_ptr, 2 * H + units, unit_ok)
+        s_o = row_scales(w_hh_scale_ptr, 3 * H + units, unit_ok)
+    if W_HR_SCALED and PROJECTS:
+        out_scales = row_scales(w_hr_scale_ptr, outs, out_ok)
     if PEEPHOLE:
         w_ci = load_vector(peephole_ptr, units, unit_ok)
         w_cf = load_vector(peephole_ptr, H + units, unit_ok)
@@ -214,6 +247,11 @@ def lstm_cooperative_forward_kernel(
                              tl.zeros((BLOCK_B, 4 * BLOCK_U), dtype=tl.float32), P, DOT_DTYPE,
                              WEIGHTS_ON_CHIP, BLOCK_K)
             a_i, a_f, a_g, a_o = _split_gates(acc, BLOCK_B, BLOCK_U)
+            if W_HH_SCALED:
+                a_i *= s_i
+                a_f *= s_f
+                a_g *= s_g
+                a_o *= s_o
             z_i = a_i + gx_i
             z_f = a_f + gx_f
             if PEEPHOLE:
@@ -255,6 +293,8 @@ def lstm_cooperative_forward_kernel(
             h_new = _times_w_t(r_ptr + now_rows * H, row_ok, w_out, outs, out_ok,
                                tl.zeros((BLOCK_B, BLOCK_Q), dtype=tl.float32), H, DOT_DTYPE,
                                WEIGHTS_ON_CHIP, BLOCK_K)
+            if W_HR_SCALED:
+                h_new *= out_scales
             if ZONEOUT_H:
                 h_new = m_h * h + (1.0 - m_h) * h_new
             h = tl.where(keep, h_new.to(y_ptr.dtype.element_ty).to(tl.float32), h)
@@ -378,9 +418,15 @@ def _sm_count(device: torch.device) -> int:
 NO_VARIANTS = Variants()
 
 
+def _stacked(t: Tensor | None) -> Tensor | None:
+    """t with a direction axis of 1 in front (None stays None)."""
+    return None if t is None else t[None]
+
+
 def cooperative_forward(
     gates_x: Tensor, w_hh: Tensor, w_hr: Tensor | None, h0: Tensor, c0: Tensor, lengths: Tensor,
     reverse: bool, v: Variants = NO_VARIANTS, config: ForwardPlan | None = None,
+    w_hh_scale: Tensor | None = None, w_hr_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Padded in and out, as persistent_forward (same call, same results): gates_x [T*B, 4H] ->
     y [T*B, P] (storage dtype), h_n [B, P], c_n [B, H], gates [T*B, 4H] and cells [T*B, H]
@@ -392,12 +438,14 @@ def cooperative_forward(
     `reverse`, direction 1 the other way. v (params.Variants): peephole [3, H], zoneout_c
     [T*B, H], zoneout_h [T*B, P] (padded rows as gates_x's), with the direction axis in front
     when there is one; cell_clip; layer norm is not supported. config: plan()'s for this shape
-    and device when None.
+    and device when None (planned for weight_operand_dtype, the dtype the weights are held in).
+    w_hh_scale [4H] / w_hr_scale [P] (direction axis in front too): the per-row scales of int8
+    weights, None for float weights.
     """
     if gates_x.dim() == 2:
-        v = v._replace(peephole=None if v.peephole is None else v.peephole[None])
-        outputs = cooperative_forward(gates_x[None], w_hh[None], None if w_hr is None else w_hr[None],
-                                      h0[None], c0[None], lengths, reverse, v, config)
+        v = v._replace(peephole=_stacked(v.peephole))
+        outputs = cooperative_forward(gates_x[None], w_hh[None], _stacked(w_hr), h0[None], c0[None], lengths,
+                                      reverse, v, config, _stacked(w_hh_scale), _stacked(w_hr_scale))
         return tuple(t[0] for t in outputs)
     if v.has_layer_norm:
         raise ValueError("the cooperative forward has no layer norm")
@@ -414,7 +462,7 @@ def cooperative_forward(
     if rows == 0:  # no step (or no sequence): the final states are the initial ones
         return y, h0.clone(), c0.clone(), gates, cells
     T = rows // B
-    config = config or plan(H, P, B, gates_x.dtype, D, _sm_count(device))
+    config = config or plan(H, P, B, weight_operand_dtype(gates_x.dtype, w_hh, w_hr), D, _sm_count(device))
     if config is None:
         raise ValueError(f"no cooperative grid fits H = {H}, B = {B}, {D} direction(s) on this GPU")
     h_n = kernel_output((D, B, P), h0.dtype, device)
@@ -423,10 +471,12 @@ def cooperative_forward(
     # of the next writes); in the storage dtype, the dot's operand dtype.
     r = kernel_output((D, rows, H), gates_x.dtype, device) if has_proj else y
     counters = arrival_counters(2 if has_proj else 1, T, D * config.grid[1], device)
-    stand_in = w_hh  # the pointer of a variant that is off (never read)
+    stand_in = w_hh  # the pointer of a variant or scale that is off (never read)
     peephole, _, _, zoneout_c, zoneout_h = v.tensors(stand_in)
     args = dict(
-        gx_ptr=gates_x, w_hh_ptr=w_hh, w_hr_ptr=w_hr if has_proj else w_hh, h0_ptr=h0, c0_ptr=c0,
+        gx_ptr=gates_x, w_hh_ptr=w_hh, w_hr_ptr=w_hr if has_proj else w_hh,
+        w_hh_scale_ptr=stand_in if w_hh_scale is None else w_hh_scale,
+        w_hr_scale_ptr=stand_in if w_hr_scale is None else w_hr_scale, h0_ptr=h0, c0_ptr=c0,
         lengths_ptr=lengths, peephole_ptr=peephole, zc_ptr=zoneout_c, zh_ptr=zoneout_h,
         y_ptr=y, gates_ptr=gates, cells_ptr=cells, r_ptr=r, h_n_ptr=h_n, c_n_ptr=c_n, counters_ptr=counters,
         T=T, B=B, reverse=int(reverse), cell_clip=v.cell_clip_value,
@@ -434,7 +484,8 @@ def cooperative_forward(
     constexprs = dict(
         H=H, P=P, HAS_PROJ=has_proj, PEEPHOLE=v.peephole is not None, ZONEOUT_C=v.zoneout_c is not None,
         ZONEOUT_H=v.zoneout_h is not None, CELL_CLIP=v.cell_clip is not None,
-        DOT_DTYPE=dot_dtype(gates_x.dtype), BLOCK_B=config.block_b, BLOCK_U=config.block_u,
+        W_HH_SCALED=w_hh_scale is not None, W_HR_SCALED=w_hr_scale is not None,
+        DOT_DTYPE=weight_dot_dtype(gates_x.dtype, w_hh, w_hr), BLOCK_B=config.block_b, BLOCK_U=config.block_u,
         BLOCK_Q=config.block_q, BLOCK_K=BLOCK_K, BLOCK_P=feature_block(P), BLOCK_H=feature_block(H),
         WEIGHTS_ON_CHIP=config.weights_on_chip, num_warps=config.num_warps, num_stages=1,
         maxnreg=MAX_REGISTERS,

@@ -14,6 +14,14 @@ cooperative) get packed input scattered to padded rows here. The variants (peeph
 norm, zoneout, cell / gradient clipping) run in the per-step variant kernels
 (variant_step_forward.py, variant_step_backward.py, variant_backward.py) or, all but layer
 norm, in the cooperative ones; with every variant off, the plain kernels run.
+
+Quantized weights (weight_quantization.py), forward only (the ops refuse int8 in the backward):
+every forward launcher takes W_hh / W_hr as stored, int8 or float16, and the int8 per-row scales
+p.w_hh_scale / p.w_hr_scale; the kernels convert the weights in registers and scale the dots'
+columns (tiles.py). dispatch.py's rule is unchanged; it is asked with the dtype the kernels hold
+the weights in (tiles.weight_operand_dtype): int8 weights are held in gates_x's dot dtype, so
+that dtype's budget holds for them as measured, and float16 weights beside bfloat16 activations
+are held in float32 and take its budget.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from torch_lstm_ext.triton_kernels.step_graphs import (
     graphed_variant_backward,
     graphed_variant_step_forward,
 )
+from torch_lstm_ext.triton_kernels.tiles import weight_operand_dtype
 from torch_lstm_ext.triton_kernels.variant_backward import variant_backward
 from torch_lstm_ext.triton_kernels.variant_step_forward import variant_step_forward
 
@@ -96,6 +105,13 @@ def _padding(layout: Layout, batch_sizes: Tensor | None, device: torch.device):
     return lengths, rows
 
 
+def _check_scale(name: str, w: Tensor | None, scale: Tensor | None) -> None:
+    """Raise ValueError unless int8 weights come with their scales and float weights without."""
+    if w is not None and (w.dtype == torch.int8) != (scale is not None):
+        raise ValueError(f"{name}: int8 weights need their per-row scales, float weights none; got "
+                         f"{w.dtype} weights with{'out' if scale is None else ''} a scale")
+
+
 def _padded_variants(v: Variants, padded_rows: Tensor | None, num_padded: int) -> Variants:
     """v with its per-row zoneout weights scattered to the padded rows, as gates_x is."""
     return v._replace(**{
@@ -116,35 +132,42 @@ def lstm_forward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The recurrence: y [..., P] (gates_x's dtype), h_n [B, P], c_n [B, H], gates [..., 4H] and
     cells [..., H] (float32), for gates_x [T, B, 4H] or packed [N, 4H] (fp32, fp16 or bf16);
-    p's shapes in params.py. See ops.py.
+    p's shapes in params.py. See ops.py. W_hh / W_hr: float, or int8 with their scales
+    p.w_hh_scale / p.w_hr_scale (weight_quantization.py).
 
     kernel: force one of dispatch.py's kernels (tests, benchmarks); None applies its rule.
     """
     v = p.variants.as_rows()
     flat = _flat(gates_x)
     w_hh, w_hr, h0, c0 = p.w_hh.contiguous(), _contiguous(p.w_hr), h0.contiguous(), c0.contiguous()
+    _check_scale("w_hh", w_hh, p.w_hh_scale)
+    _check_scale("w_hr", w_hr, p.w_hr_scale)
+    scales = dict(w_hh_scale=_contiguous(p.w_hh_scale), w_hr_scale=_contiguous(p.w_hr_scale))
     B, P = h0.shape
     H = c0.shape[1]
     layout = Layout.of(batch_sizes, flat.shape[0], B, reverse)
-    kernel = kernel or choose_kernel(H, P, w_hr is not None, gates_x.dtype, v.on)
+    held = weight_operand_dtype(gates_x.dtype, w_hh, w_hr)
+    kernel = kernel or choose_kernel(H, P, w_hr is not None, held, v.on)
     check_kernel(kernel, v.on, v.has_layer_norm)
     if kernel in ("persistent", "cooperative"):
         lengths, padded_rows = _padding(layout, batch_sizes, flat.device)
         num_padded = len(layout.sizes) * B
         padded = _to_padded(flat, padded_rows, num_padded)
         if kernel == "persistent":
-            y, h_n, c_n, gates, cells = persistent_forward(padded, w_hh, w_hr, h0, c0, lengths, reverse)
+            y, h_n, c_n, gates, cells = persistent_forward(padded, w_hh, w_hr, h0, c0, lengths, reverse,
+                                                           **scales)
         else:
             y, h_n, c_n, gates, cells = cooperative_forward(
-                padded, w_hh, w_hr, h0, c0, lengths, reverse, _padded_variants(v, padded_rows, num_padded)
+                padded, w_hh, w_hr, h0, c0, lengths, reverse, _padded_variants(v, padded_rows, num_padded),
+                **scales,
             )
         y, gates, cells = (_from_padded(t, padded_rows) for t in (y, gates, cells))
     else:
         plain_forward, variants_forward, _, _ = _STEP_LAUNCHERS[kernel]
         if v.on:
-            y, gates, cells = variants_forward(flat, w_hh, w_hr, h0, c0, layout, v)
+            y, gates, cells = variants_forward(flat, w_hh, w_hr, h0, c0, layout, v, **scales)
         else:
-            y, gates, cells = plain_forward(flat, w_hh, w_hr, h0, c0, layout)
+            y, gates, cells = plain_forward(flat, w_hh, w_hr, h0, c0, layout, **scales)
         last = device_index(layout, "last_rows", flat.device)
         h_n = _final_rows(y, h0, last)
         c_n = _final_rows(cells, c0, last)

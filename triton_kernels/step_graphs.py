@@ -21,10 +21,16 @@ from torch_lstm_ext.triton_kernels.variant_step_forward import variant_step_forw
 
 
 def graphed_step_forward(
-    gates_x: Tensor, w_hh: Tensor, w_hr: Tensor | None, h0: Tensor, c0: Tensor, layout: Layout
+    gates_x: Tensor, w_hh: Tensor, w_hr: Tensor | None, h0: Tensor, c0: Tensor, layout: Layout,
+    w_hh_scale: Tensor | None = None, w_hr_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """step_forward from a graph: y [N, P] (storage dtype), gates [N, 4H], cells [N, H] (fp32)."""
-    return replay("step_forward", lambda *t: step_forward(*t, layout), (gates_x, w_hh, w_hr, h0, c0), layout)
+    """step_forward from a graph: y [N, P] (storage dtype), gates [N, 4H], cells [N, H] (fp32).
+    The int8 scales are graph inputs like the weights (None for float weights)."""
+
+    def launch(*t: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        return step_forward(*t[:5], layout, *t[5:])
+
+    return replay("step_forward", launch, (gates_x, w_hh, w_hr, h0, c0, w_hh_scale, w_hr_scale), layout)
 
 
 def graphed_step_backward(
@@ -38,14 +44,15 @@ def graphed_step_backward(
 
 def graphed_variant_step_forward(
     gates_x: Tensor, w_hh: Tensor, w_hr: Tensor | None, h0: Tensor, c0: Tensor, layout: Layout,
-    v: Variants,
+    v: Variants, w_hh_scale: Tensor | None = None, w_hr_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """variant_step_forward from a graph: y [N, P], gates [N, 4H], cells [N, H]."""
+    """variant_step_forward from a graph: y [N, P], gates [N, 4H], cells [N, H] (the int8 scales
+    as in graphed_step_forward)."""
 
     def launch(*t: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        return variant_step_forward(*t[:5], layout, v.with_tensors(t[5:]))
+        return variant_step_forward(*t[:5], layout, v.with_tensors(t[7:]), *t[5:7])
 
-    tensors = (gates_x, w_hh, w_hr, h0, c0, *v.tensors())
+    tensors = (gates_x, w_hh, w_hr, h0, c0, w_hh_scale, w_hr_scale, *v.tensors())
     return replay("variant_step_forward", launch, tensors, layout, (v.cell_clip, v.grad_clip))
 
 

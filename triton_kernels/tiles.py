@@ -1,11 +1,38 @@
-"""Device helpers shared by every kernel: the tanh shim, the recurrent dot, state-row loads.
+"""Device helpers shared by every kernel: the tanh shim, the recurrent dot, state-row loads, the
+int8 weights' scales; and the dtype the forward kernels' dots take the weights in.
 
 All values are converted to float32 right after `tl.load`: the interpreter computes bf16
 arithmetic wrongly, and the gate math is meant to run in fp32 on the GPU anyway.
+
+Quantized weights (weight_quantization.py) reach the forward kernels as stored: int8 values q
+with per-row scales (W = q * scale[:, None]) or float16. The kernels load q and convert it to the
+dot's dtype, which holds |q| <= 127 exactly in fp32, fp16 and bf16; the scale of a row factors
+out of the dot, so each fp32 dot result column is multiplied by its row's scale
+(`scale_columns`). Float16 weights convert like any float weights, into a dot dtype that holds
+them exactly (`weight_operand_dtype`).
 """
 
+import torch
 import triton
 import triton.language as tl
+
+from torch_lstm_ext.triton_kernels.tuning import dot_dtype
+
+
+def weight_operand_dtype(storage: torch.dtype, *weights: torch.Tensor | None) -> torch.dtype:
+    """The dtype a forward kernel holds its recurrent weights in for its dots, for activations
+    (gates_x, y) in `storage` and these weight matrices (None: absent): `storage` when each is of
+    that dtype or int8 (|q| <= 127 is exact in fp32, fp16 and bf16), else float32, which holds
+    any other float weights exactly (float16 from quantize_weights beside bfloat16 activations:
+    a bfloat16 model, or bfloat16 autocast). The launchers take DOT_DTYPE and their on-chip
+    budgets from this dtype."""
+    exact = all(w is None or w.dtype in (storage, torch.int8) for w in weights)
+    return storage if exact else torch.float32
+
+
+def weight_dot_dtype(storage: torch.dtype, *weights: torch.Tensor | None) -> tl.dtype:
+    """DOT_DTYPE of a forward kernel: tuning.dot_dtype of weight_operand_dtype(storage, *weights)."""
+    return dot_dtype(weight_operand_dtype(storage, *weights))
 
 
 @triton.jit
@@ -65,6 +92,25 @@ def project_tile(r_ptr, w_hr_ptr, rows, cols, row_ok, col_ok, H: tl.constexpr,
         w_mask = k_ok[:, None] & col_ok[None, :]
         w = tl.load(w_hr_ptr + cols[None, :] * H + ks[:, None], mask=w_mask, other=0.0).to(tl.float32)
         acc = dot_acc(r, w, acc, DOT_DTYPE)
+    return acc
+
+
+@triton.jit
+def row_scales(scale_ptr, rows, rows_ok):
+    """The int8 scales scale[rows] (scale [*], any float dtype) as an fp32 [1, len(rows)] row, to
+    multiply a dot's columns by; 0 for masked rows, whose columns are masked on store anyway."""
+    return tl.load(scale_ptr + rows, mask=rows_ok, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
+def scale_columns(acc, scale_ptr, rows, rows_ok, SCALED: tl.constexpr):
+    """acc [R, C] with column k times scale[rows[k]] when SCALED (row_scales), else acc unchanged.
+
+    acc is an fp32 dot X @ Q[rows, :]^T of int8 values Q whose row r dequantizes with scale[r]:
+    the scale factors out of the sum, so the result is X @ W[rows, :]^T.
+    """
+    if SCALED:
+        acc = acc * row_scales(scale_ptr, rows, rows_ok)
     return acc
 
 

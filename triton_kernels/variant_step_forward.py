@@ -9,6 +9,10 @@ cells), which the plain kernel's (batch, hidden) tiling splits across programs. 
 3. with a projection, `lstm_variant_project_kernel`: y = zoneout_h(r @ W_hr^T).
 h_{t-1} is read back from y (the zoned-out h) and c_{t-1} from cells (the carried cell), as in
 the plain per-step kernel. Equations: torch_lstm_ext/differentiable_recurrence.py.
+
+int8 weights (weight_quantization.py): the two GEMM kernels multiply each dot column by its
+row's scale (tiles.scale_columns, flag W_SCALED), so hh and the projection are those of the
+dequantized weights; float16 weights need no scale.
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ from torch_lstm_ext.triton_kernels.tiles import (
     load_rows,
     load_state,
     project_tile,
+    scale_columns,
     store_gates,
     tanh,
+    weight_dot_dtype,
 )
 from torch_lstm_ext.triton_kernels.tuning import (
     STEP_CONFIGS,
     batch_block,
-    dot_dtype,
     feature_block,
     row_block,
     row_warps,
@@ -46,12 +51,15 @@ from torch_lstm_ext.triton_kernels.tuning import (
 def lstm_step_hh_kernel(
     hist_ptr, init_ptr, w_hh_ptr, hh_ptr, n, prev_offset, prev_n, G: tl.constexpr, P: tl.constexpr,
     DOT_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    w_hh_scale_ptr=None, W_SCALED: tl.constexpr = False,
 ):
     """hh[b] = h_b @ W_hh^T for b < n: hh [*, G] fp32 (G = 4H), w_hh [G, P].
 
     h_b is the state row of load_state: hist[prev_offset + b] for b < prev_n, else init[b]
     (the forward passes y / h0; the backward's whole-sequence recompute passes h_prev twice with
-    prev_n = n). BLOCK_H tiles G here.
+    prev_n = n). BLOCK_H tiles G here. W_SCALED: w_hh holds int8 values, row r scaled by
+    w_hh_scale[r] ([G]); off by default, as for the backward's float weights (quantized weights
+    are inference-only).
     """
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -63,6 +71,7 @@ def lstm_step_hh_kernel(
         w_mask = (ks < P)[:, None] & col_ok[None, :]
         w = tl.load(w_hh_ptr + cols[None, :] * P + ks[:, None], mask=w_mask, other=0.0).to(tl.float32)
         acc = dot_acc(h, w, acc, DOT_DTYPE)
+    acc = scale_columns(acc, w_hh_scale_ptr, cols, col_ok, W_SCALED)
     mask = (rows < n)[:, None] & col_ok[None, :]
     tl.store(hh_ptr + rows.to(tl.int64)[:, None] * G + cols[None, :], acc, mask=mask)
 
@@ -145,17 +154,19 @@ def lstm_variant_step_kernel(
 @triton.autotune(configs=STEP_CONFIGS, key=["H", "P", "BLOCK_B"])
 @triton.jit(do_not_specialize=["offset", "n", "prev_offset", "prev_n"])
 def lstm_variant_project_kernel(
-    r_ptr, w_hr_ptr, h0_ptr, zh_ptr, y_ptr, offset, n, prev_offset, prev_n,
-    H: tl.constexpr, P: tl.constexpr, ZONEOUT_H: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    r_ptr, w_hr_ptr, w_hr_scale_ptr, h0_ptr, zh_ptr, y_ptr, offset, n, prev_offset, prev_n,
+    H: tl.constexpr, P: tl.constexpr, ZONEOUT_H: tl.constexpr, W_SCALED: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y[offset + b] = zoneout_h(r[b] @ W_hr^T) for b < n; r [B, H], w_hr [P, H], y [N, P],
-    zh [N, P], h0 [B, P] (BLOCK_H tiles P). The previous h is y's previous-step row, or h0."""
+    zh [N, P], h0 [B, P] (BLOCK_H tiles P). The previous h is y's previous-step row, or h0.
+    W_SCALED: w_hr holds int8 values, row p scaled by w_hr_scale[p] ([P]; a placeholder otherwise)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     row_ok = rows < n
     col_ok = cols < P
     acc = project_tile(r_ptr, w_hr_ptr, rows, cols, row_ok, col_ok, H, DOT_DTYPE, BLOCK_B, BLOCK_H, BLOCK_K)
+    acc = scale_columns(acc, w_hr_scale_ptr, cols, col_ok, W_SCALED)
     out_rows = (offset + rows).to(tl.int64)
     mask = row_ok[:, None] & col_ok[None, :]
     if ZONEOUT_H:
@@ -166,12 +177,13 @@ def lstm_variant_project_kernel(
 
 def variant_step_forward(
     gates_x: Tensor, w_hh: Tensor, w_hr: Tensor | None, h0: Tensor, c0: Tensor, layout: Layout,
-    v: Variants,
+    v: Variants, w_hh_scale: Tensor | None = None, w_hr_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run every step: y [N, P] (storage dtype), gates [N, 4H] and cells [N, H] (float32).
 
     All tensors contiguous; gates_x [N, 4H], w_hh [4H, P], w_hr [P, H] or None, h0 [B, P],
-    c0 [B, H]; v's tensors as Variants documents.
+    c0 [B, H]; v's tensors as Variants documents; w_hh_scale [4H] / w_hr_scale [P]: the per-row
+    scales of int8 weights, None for float weights.
     """
     N, G = gates_x.shape
     H = G // 4
@@ -185,7 +197,7 @@ def variant_step_forward(
     r = kernel_output((B, H), gates_x.dtype, device) if w_hr is not None else y
     block_b = batch_block(B)
     rows_per_program = row_block(H)
-    dtype = dot_dtype(gates_x.dtype)
+    dtype = weight_dot_dtype(gates_x.dtype, w_hh)
     stand_in = w_hh  # the pointer of a variant that is off (never read)
     peephole, ln_hh, ln_c, zoneout_c, zoneout_h = v.tensors(stand_in)
     for step in layout.steps():
@@ -193,6 +205,7 @@ def variant_step_forward(
         lstm_step_hh_kernel[step_grid(step.n, block_b, G)](
             hist_ptr=y, init_ptr=h0, w_hh_ptr=w_hh, hh_ptr=hh, n=step.n, prev_offset=prev_offset,
             prev_n=step.prev_n, G=G, P=P, DOT_DTYPE=dtype, BLOCK_B=block_b,
+            w_hh_scale_ptr=stand_in if w_hh_scale is None else w_hh_scale, W_SCALED=w_hh_scale is not None,
         )
         lstm_variant_step_kernel[(triton.cdiv(step.n, rows_per_program),)](
             gx_ptr=gates_x, hh_ptr=hh, h0_ptr=h0, c0_ptr=c0, peephole_ptr=peephole, ln_hh_ptr=ln_hh,
@@ -204,8 +217,10 @@ def variant_step_forward(
         )
         if w_hr is not None:
             lstm_variant_project_kernel[step_grid(step.n, block_b, P)](
-                r_ptr=r, w_hr_ptr=w_hr, h0_ptr=h0, zh_ptr=zoneout_h, y_ptr=y, offset=step.offset,
-                n=step.n, prev_offset=prev_offset, prev_n=step.prev_n,
-                H=H, P=P, ZONEOUT_H=v.zoneout_h is not None, DOT_DTYPE=dtype, BLOCK_B=block_b,
+                r_ptr=r, w_hr_ptr=w_hr, w_hr_scale_ptr=stand_in if w_hr_scale is None else w_hr_scale,
+                h0_ptr=h0, zh_ptr=zoneout_h, y_ptr=y, offset=step.offset,
+                n=step.n, prev_offset=prev_offset, prev_n=step.prev_n, H=H, P=P,
+                ZONEOUT_H=v.zoneout_h is not None, W_SCALED=w_hr_scale is not None,
+                DOT_DTYPE=weight_dot_dtype(gates_x.dtype, w_hr), BLOCK_B=block_b,
             )
     return y, gates, cells
