@@ -290,3 +290,12 @@ def test_cell_equals_nn_lstm_cell_with_dequantized_weights(storage, dtype):
         assert all(torch.equal(a, b) for a, b in zip(other(x, hx), cell(x, hx)))
     with pytest.raises(RuntimeError, match="quantized the same way"):  # float weights into it
         other.load_state_dict(ref.state_dict(), strict=False)
+
+
+def test_vmap_over_inputs_folds_with_the_shared_quantized_weights():
+    ours, ref = quantized_pair(torch.int8, num_layers=2)
+    xs = torch.randn(3, 5, 2, INPUT)
+    with torch.no_grad():
+        got = torch.func.vmap(lambda x: ours(x)[0])(xs)
+        want = torch.stack([ref(x)[0] for x in xs])
+    assert_close(got, want, torch.float32)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from torch_lstm_ext.params import WEIGHT_NAMES
+from torch_lstm_ext.params import PER_ROW_NAMES
 
 
 def _select(t, dim: int | None, index: int):
@@ -67,13 +67,13 @@ def lstm_fwd_rule(info, in_dims: Sequence, gates_x, h0, c0, params, param_names,
     op = torch.ops.torch_lstm_ext.lstm_fwd
     g_dim, h_dim, c_dim, p_dims = in_dims[:4]
     p_dims = p_dims if isinstance(p_dims, (list, tuple)) else [None] * len(params)
-    shared_weights = all(d is None for d, name in zip(p_dims, param_names) if name in WEIGHT_NAMES)
+    shared_weights = all(d is None for d, name in zip(p_dims, param_names) if name not in PER_ROW_NAMES)
     if batch_sizes is not None or gates_x.dim() - (g_dim is not None) != 3 or not shared_weights:
         args = (gates_x, h0, c0, params, param_names, batch_sizes, reverse, cell_clip, grad_clip)
         return loop_rule(op)(info, in_dims, *args)
     size = info.batch_size
-    # The weights are shared; the zoneout weights are per row, like gates_x.
-    folded = [t if name in WEIGHT_NAMES else _time_major_with_vmap(t, d, size)
+    # The weights (and int8 scales) are shared; the zoneout weights are per row, like gates_x.
+    folded = [_time_major_with_vmap(t, d, size) if name in PER_ROW_NAMES else t
               for t, d, name in zip(params, p_dims, param_names)]
     y, h_n, c_n, gates, cells = op(
         _time_major_with_vmap(gates_x, g_dim, size), _state_with_vmap(h0, h_dim, size),
