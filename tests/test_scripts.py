@@ -112,3 +112,22 @@ def test_onnx_cost_quick(tmp_path):
     result = _run([str(SCRIPTS / "onnx_cost.py"), "--quick", "--repeats", "2"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "| T20 B1 I32 H64 |" in result.stdout and "| geometric mean |" in result.stdout
+
+
+def test_quantize_report_quick(tmp_path):
+    """scripts/quantize_report.py --quick: trains, quantizes to int8 / fp16, reports accuracy,
+    memory and speed (bars reported, not enforced) and writes the report with --out."""
+    out = tmp_path / "report.md"
+    result = _run([str(SCRIPTS / "quantize_report.py"), "--quick", "--threads", "1", "--out", str(out)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    for section in ("## Accuracy (held-out)", "## Memory", "## Speed", "Where the extra time goes"):
+        assert section in result.stdout
+    rows = {}  # first cell -> the other cells of the first row starting with it (the ms table's)
+    for line in result.stdout.splitlines():
+        if line.startswith("| "):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows.setdefault(cells[0], cells[1:])
+    assert {"ours int8", "ours fp16", "torch.ao qint8", "int8", "fp16"} <= set(rows)
+    assert float(rows["int8"][1].rstrip("x")) <= 0.3  # weight bytes vs fp32: the bar holds at any training
+    assert all(float(ms) > 0 for ms in rows["T10 B4 I16 H16 L1"][:5])
+    assert out.read_text() in result.stdout
