@@ -27,7 +27,21 @@ from torch_lstm_ext.validation import (
 from torch_lstm_ext.variants import VariantConfig, variant_parameter_shapes
 
 
-class LSTM(nn.Module):
+class _StorageChecked(nn.Module):
+    """LSTM's and LSTMCell's load_state_dict refuses matrices stored otherwise than its own
+    (weight_quantization.storage_mismatches), before copying anything: the module stays as it was."""
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        refused = weight_quantization.storage_mismatches(self, state_dict, prefix)
+        if refused:
+            error_msgs.extend(refused)
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+class LSTM(_StorageChecked):
     """Multi-layer LSTM with torch.nn.LSTM's constructor, parameters and forward.
 
     forward(input, hx=None) -> (output, (h_n, c_n)), input [T, B, I] ([B, T, I] with
@@ -195,15 +209,6 @@ class LSTM(nn.Module):
             s += f", weight_quantization={self.weight_quantization}"
         return s
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        refused = weight_quantization.storage_mismatches(self, state_dict, prefix)
-        if refused:  # before anything is copied: the module stays as it was
-            error_msgs.extend(refused)
-            return
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
     def _layer_weights(self) -> list[LayerWeights]:
         def get(name: str) -> Tensor:
             return getattr(self, name)
@@ -307,7 +312,7 @@ def _parameter_names(num_layers: int, bidirectional: bool, bias: bool, proj_size
     return names
 
 
-class LSTMCell(nn.Module):
+class LSTMCell(_StorageChecked):
     """torch.nn.LSTMCell's contract: forward(input [B, I] or [I], hx=(h [B, H], c [B, H])) -> (h', c')."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
@@ -359,15 +364,6 @@ class LSTMCell(nn.Module):
         if self.weight_quantization is not None:
             s += ", weight_quantization={weight_quantization}"
         return s.format(**self.__dict__)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        refused = weight_quantization.storage_mismatches(self, state_dict, prefix)
-        if refused:  # before anything is copied: the module stays as it was
-            error_msgs.extend(refused)
-            return
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         if input.dim() not in (1, 2):
