@@ -11,9 +11,11 @@
 #   cuda-tests        180 s  (140 s in run 3 for 32 tests, most of it compiling; the graph-replay
 #                             tests reuse those shapes' kernels: about 20 s more expected; the
 #                             45 CUDA autocast cases of tests/test_autocast.py run cuDNN and the
-#                             per-step kernels at tiny shapes, never run yet)
+#                             per-step kernels at tiny shapes, never run yet; 2 quantized-weight
+#                             cases compile int8 / fp16 kernels of their own, never run yet)
 #   cooperative-tests  90 s  (the cooperative kernels' CUDA tests, never run yet: their own stage,
-#                             so that a barrier that hangs costs only this stage's results)
+#                             so that a barrier that hangs costs only this stage's results; one
+#                             int8 case among them)
 #   benchmark         100 s  (gpu_bench.py --grid quick: it stops starting cases once its own
 #                             estimate of the next one passes --time-budget 80; every case it
 #                             finished is on disk if the limit kills it)
