@@ -10,7 +10,13 @@ import itertools
 
 import pytest
 import torch
-from support import LAYER_NORM_BF16_TOLERANCE, assert_close, assert_same_results, twin_lstms
+from support import (
+    LAYER_NORM_BF16_TOLERANCE,
+    assert_checkpoint_close,
+    assert_close,
+    assert_same_results,
+    twin_lstms,
+)
 from torch import Tensor
 from torch.nn.utils.rnn import pack_sequence
 from triton_support import (
@@ -170,9 +176,16 @@ def test_checkpointed_module_matches_stored_path():
     stored = torch_lstm_ext.LSTM(16, 48, num_layers=2, peephole=True).cuda()
     checkpointed = torch_lstm_ext.LSTM(16, 48, num_layers=2, peephole=True, checkpoint=True).cuda()
     checkpointed.load_state_dict(stored.state_dict())
-    x = _input(200, 8, 16, False, torch.float32)
-    assert_same_results(outputs_and_grads_on_device(stored, x), outputs_and_grads_on_device(checkpointed, x),
-                        torch.float32)
+    T = 200
+    x = _input(T, 8, 16, False, torch.float32)
+    want, got = outputs_and_grads_on_device(stored, x), outputs_and_grads_on_device(checkpointed, x)
+    # The two paths differ by rounding, within the checkpoint bound of support.py (not the
+    # parity tolerance: a T-step recurrence and block-wise gradient sums carry the rounding on).
+    for name, a, b in zip(("output", "h_n", "c_n"), got[:3], want[:3]):
+        assert_checkpoint_close(a, b, T, name)
+    assert got[3].keys() == want[3].keys()
+    for name in want[3]:
+        assert_checkpoint_close(got[3][name], want[3][name], T, f"grad {name}")
 
 
 # CUDA-graph replay of the per-step launchers (step_graphs.py): (H, proj, packed, reverse,
