@@ -84,6 +84,20 @@ def assert_checkpoint_close(actual: Tensor, expected: Tensor, num_steps: int, ms
     assert units <= allowed, f"{msg}: differs by {units:.3g} eps * max|expected|, allowed {allowed:.3g}"
 
 
+def dequantized_state(module: nn.Module, dtype: torch.dtype = torch.float32) -> dict:
+    """The float state_dict a quantized LSTM / LSTMCell computes with (torch_lstm_ext.quantize_weights):
+    each int8 matrix times its `<name>_scale` per row, float16 matrices as they are, in `dtype`.
+    Written here from the stored values, independently of the package's dequantization."""
+    state = module.state_dict()
+    result = {}
+    for key, value in state.items():
+        if key.endswith("_scale"):
+            continue
+        scale = state.get(key + "_scale")
+        result[key] = value.to(dtype) * scale.to(dtype)[:, None] if scale is not None else value.to(dtype)
+    return result
+
+
 def twin_lstms(dtype: torch.dtype = torch.float64, **config) -> tuple[nn.LSTM, torch_lstm_ext.LSTM]:
     """An nn.LSTM and our LSTM with identical config and weights (state_dict copied)."""
     ref = nn.LSTM(**config, dtype=dtype)

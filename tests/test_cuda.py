@@ -15,6 +15,7 @@ from support import (
     assert_checkpoint_close,
     assert_close,
     assert_same_results,
+    dequantized_state,
     twin_lstms,
 )
 from torch import Tensor
@@ -363,9 +364,7 @@ def test_quantized_module_matches_cudnn_with_dequantized_weights(storage, kernel
     ours = torch_lstm_ext.LSTM(24, hidden, num_layers=2, bidirectional=True).cuda().eval()
     torch_lstm_ext.quantize_weights(ours, storage)
     ref = torch.nn.LSTM(24, hidden, num_layers=2, bidirectional=True).cuda().eval()
-    state = ours.state_dict()
-    ref.load_state_dict({k: v.float() * state[k + "_scale"][:, None] if k + "_scale" in state else v.float()
-                         for k, v in state.items() if not k.endswith("_scale")})
+    ref.load_state_dict(dequantized_state(ours))
     x = _input(12, 8, 24, True, torch.float32)
     with torch.no_grad():
         (out, (h, c)), (ref_out, (ref_h, ref_c)) = ours(x), ref(x)

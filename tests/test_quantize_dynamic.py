@@ -19,7 +19,7 @@ import warnings
 
 import pytest
 import torch
-from support import assert_close
+from support import assert_close, dequantized_state
 from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 from torch.ao.quantization import (
@@ -74,12 +74,7 @@ def assert_quantized(before: torch_lstm_ext.LSTM, after: nn.Module, weight_dtype
     storage = STORAGE[weight_dtype]
     assert type(after) is torch_lstm_ext.LSTM and after.weight_quantization == storage
     assert after.weight_hh_l0.dtype == storage
-    state = after.state_dict()
-    dequantized = {}
-    for key, value in state.items():
-        if not key.endswith("_scale"):
-            scale = state.get(key + "_scale")
-            dequantized[key] = value.float() * scale[:, None] if scale is not None else value.float()
+    dequantized = dequantized_state(after)
     ref = nn.LSTM(before.input_size, before.hidden_size, num_layers=before.num_layers,
                   bidirectional=before.bidirectional, proj_size=before.proj_size)
     ref.load_state_dict(dequantized)
@@ -313,9 +308,7 @@ def test_our_lstm_cell_is_covered_wherever_nn_lstm_cell_is(spec, dtype, storage)
     assert cell.weight_quantization == storage
     assert cell.weight_hh.dtype == (storage or torch.float32)
     ref = nn.LSTMCell(4, 6)
-    state = cell.state_dict()
-    ref.load_state_dict({k: v.float() * state[k + "_scale"][:, None] if k + "_scale" in state else v.float()
-                         for k, v in state.items() if not k.endswith("_scale")})
+    ref.load_state_dict(dequantized_state(cell))
     x = torch.randn(3, 4)
     with torch.no_grad():
         for got, want in zip(cell(x), ref(x)):

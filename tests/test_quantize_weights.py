@@ -13,7 +13,7 @@ import io
 
 import pytest
 import torch
-from support import assert_close
+from support import assert_close, dequantized_state
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import pack_sequence
@@ -22,18 +22,6 @@ import torch_lstm_ext
 
 STORAGE = [torch.int8, torch.float16]
 INPUT, HIDDEN = 5, 8
-
-
-def dequantized_state(lstm: torch_lstm_ext.LSTM, dtype: torch.dtype) -> dict:
-    """The float state_dict a quantized LSTM computes with: scales folded into their matrices."""
-    state = lstm.state_dict()
-    result = {}
-    for key, value in state.items():
-        if key.endswith("_scale"):
-            continue
-        scale = state.get(key + "_scale")
-        result[key] = value.to(dtype) * scale.to(dtype)[:, None] if scale is not None else value.to(dtype)
-    return result
 
 
 def quantized_pair(storage, dtype=torch.float32, seed=0, **config):
