@@ -1,4 +1,4 @@
-"""Timing and peak-memory measurement for bench.py.
+"""Timing and peak-memory measurement for bench.py (and the machine's CPU name, for every report).
 
 Timing: every implementation runs its warm-up, then the implementations take turns, call by
 call, in a rotating order, so load from elsewhere on the machine hits all of them alike; the
@@ -16,11 +16,24 @@ from __future__ import annotations
 import ctypes
 import gc
 import math
+import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _sync(device: str) -> None:

@@ -19,25 +19,15 @@ Times are medians of interleaved repeats, per step, at the given threads.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
+from bench_measure import cpu_name
 
 from torch_lstm_ext.weight_quantization import dequantize, quantize_rows
 
 SHAPES = [(32, 256, 256), (32, 512, 512), (64, 1024, 1024), (1, 512, 512)]  # (B, P, H)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def measure(B: int, P: int, H: int, repeats: int, gen: torch.Generator) -> str:
@@ -86,7 +76,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{_cpu_model()}, torch {torch.__version__}, {args.threads} thread(s), "
+    print(f"{cpu_name()}, torch {torch.__version__}, {args.threads} thread(s), "
           f"median of {args.repeats} interleaved repeats, microseconds per step\n")
     print("| B | P | 4H | dequantized | dequantize per step | int8 GEMM | dequantize once "
           "| int8 GEMM rel. error |")

@@ -29,7 +29,6 @@ import copy
 import dataclasses
 import math
 import os
-import platform
 import sys
 import time
 import warnings
@@ -38,7 +37,7 @@ from pathlib import Path
 import demo
 import numpy as np
 import torch
-from bench_measure import interleaved_medians
+from bench_measure import cpu_name, interleaved_medians
 from torch import nn
 
 import torch_lstm_ext
@@ -60,18 +59,6 @@ FULL = dict(steps=300, eval_batches=16, repeats=60, timing_budget_s=40.0, shapes
 QUICK = dict(steps=10, eval_batches=4, repeats=5, timing_budget_s=1.0, shapes=QUICK_SHAPES,
              batch_size=16, seq_len=32)
 LOAD_WARNING = 2.0  # the machine has 2 cores: a higher 1-minute load means timings shared them
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform's guess elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def load_average() -> str:
@@ -299,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python", "scripts/quantize_report.py", *(sys.argv[1:] if argv is None else argv)])
     lines = ["# Weight-only quantization of the character LM: accuracy, memory, CPU speed", "",
              f"`{command}`", "",
-             f"{cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, numpy {np.__version__}, "
+             f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, numpy {np.__version__}, "
              f"{torch.get_num_threads()} threads; load average at the start: {load_before}", "",
              f"Trained with nn.LSTM for {steps} steps ({cfg.batch_size} x {cfg.seq_len} characters, "
              f"{cfg.num_layers} layers, H={cfg.hidden_size}, embedding {cfg.embed_size}) in {train_s:.0f} s: "

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from bench_measure import cpu_name
 from seq2seq_model import LABELS, NN, OURS, OURS_GRAD_CLIP, RUNS
 from seq2seq_train import Config, Run
 
@@ -55,17 +56,6 @@ def tables(runs: dict[str, Run], cfg: Config, tolerance: float) -> str:
               f"(tolerance {tolerance:.0e}); ours vs ours with grad_clip={cfg.grad_clip:g}: "
               f"train loss {diff['grad_clip_train_loss']:.1e}"]
     return "\n".join(lines)
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_json(path: Path, runs: dict[str, Run], cfg: Config, tolerance: float, quick: bool) -> None:
